@@ -1,0 +1,96 @@
+"""The value codec: msgpack behind a 1-byte format tag; never pickle.
+
+Values are what a durable object may store or pass through a stub: ``None``, ``bool``, ``int``
+(64-bit), ``float``, ``str``, ``bytes``, ``list`` (tuples encode as lists), ``dict`` with ``str``
+keys, and ``datetime`` (naive stays naive; aware keeps its UTC offset). Anything else raises
+:class:`~duro.errors.UnsupportedValue` before any I/O.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any, Final
+
+import msgpack
+
+from duro.errors import UnsupportedValue, ValueTooLarge
+
+__all__ = ["DEFAULT_MAX_VALUE_BYTES", "decode", "encode", "encode_value"]
+
+FORMAT_TAG: Final = b"\x01"
+"""First byte of every encoded value: msgpack, codec format 1."""
+
+DEFAULT_MAX_VALUE_BYTES: Final = 128 * 1024
+_EXT_DATETIME: Final = 1
+_SCALARS: Final = (str, int, float, bool, bytes, type(None))
+
+
+def _check(value: object, path: str) -> None:
+    """Walk containers so that errors name where the bad value sits."""
+    t = type(value)
+    if t in _SCALARS or t is _dt.datetime:
+        return
+    if t is list or t is tuple:
+        for i, item in enumerate(value):  # type: ignore[arg-type]
+            if type(item) not in _SCALARS:
+                _check(item, f"{path}[{i}]")
+        return
+    if t is dict:
+        for k, v in value.items():  # type: ignore[attr-defined]
+            if type(k) is not str:
+                raise UnsupportedValue(
+                    f"dict key {k!r} at {path or 'top level'} is a {type(k).__name__}; "
+                    "only str keys are supported"
+                )
+            if type(v) not in _SCALARS:
+                _check(v, f"{path}[{k!r}]")
+        return
+    raise UnsupportedValue(
+        f"value at {path or 'top level'} is a {t.__name__}, which duro cannot store; "
+        "use None, bool, int, float, str, bytes, list, dict with str keys, or datetime"
+    )
+
+
+def _default(obj: object) -> msgpack.ExtType:
+    if isinstance(obj, _dt.datetime):
+        return msgpack.ExtType(_EXT_DATETIME, obj.isoformat().encode())
+    raise TypeError(type(obj).__name__)  # unreachable after _check
+
+
+def _ext_hook(code: int, data: bytes) -> object:
+    if code == _EXT_DATETIME:
+        return _dt.datetime.fromisoformat(data.decode())
+    return msgpack.ExtType(code, data)
+
+
+def encode(value: object) -> bytes:
+    """Encode *value* to tagged bytes, raising :class:`UnsupportedValue` for what is not allowed."""
+    if type(value) not in _SCALARS:
+        _check(value, "")
+    try:
+        return FORMAT_TAG + msgpack.packb(value, default=_default, use_bin_type=True)
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise UnsupportedValue(f"cannot encode value: {exc}", orig=exc) from exc
+
+
+def encode_value(value: object, max_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> bytes:
+    """Encode a storage value and enforce the size limit (:class:`ValueTooLarge`)."""
+    data = encode(value)
+    if len(data) > max_bytes:
+        raise ValueTooLarge(
+            f"encoded value is {len(data):,} bytes; the limit is {max_bytes:,} bytes "
+            "(split it over several keys, or raise max_value_bytes)"
+        )
+    return data
+
+
+def decode(data: bytes) -> Any:
+    """Decode bytes made by :func:`encode`."""
+    if not data or data[:1] != FORMAT_TAG:
+        raise UnsupportedValue(
+            f"stored value has unknown codec tag {data[:1]!r}: written by a newer duro or "
+            "another program"
+        )
+    return msgpack.unpackb(
+        memoryview(data)[1:], ext_hook=_ext_hook, raw=False, strict_map_key=False
+    )
