@@ -1,0 +1,47 @@
+"""The ``duro`` command line: storage round trips, ``check``, ``bench``, ``serve``.
+
+Each sub-package contributes its commands through a ``register(app)`` function, imported here.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from duro.errors import DuroError
+
+app = typer.Typer(
+    name="duro",
+    help="duro: Durable Objects for Python.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+
+BackendOpt = Annotated[
+    str | None,
+    typer.Option("--backend", "-b", help="Backend URL (default: DURO_BACKEND, duro.toml, "
+                 "[tool.duro] in pyproject.toml, else sqlite:///.duro/duro.db)."),
+]
+
+
+def _register_subcommands() -> None:
+    from duro.bench.cli import register as register_bench
+    from duro.consistency.cli import register as register_check
+
+    register_check(app)
+    register_bench(app)
+
+
+def main() -> None:
+    """Entry point of the ``duro`` console script."""
+    _register_subcommands()
+    try:
+        app()
+    except DuroError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)
