@@ -4,6 +4,7 @@ Addressable, single-instance stateful objects with transactional key-value stora
 SQLite, LMDB or S3, chosen by a URL.
 """
 
+from duro.app import App, AppConfig
 from duro.clock import Clock, ManualClock, SystemClock
 from duro.config import resolve_backend_url
 from duro.errors import (
@@ -23,10 +24,25 @@ from duro.errors import (
     ValueTooLarge,
 )
 from duro.ids import ObjectId
+from duro.namespace import Namespace, ObjectSummary, Stub
+from duro.objects import AlarmInfo, Context, DurableObject
+from duro.stats import ObjectStats
+from duro.storage import StorageLimits, Transaction
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlarmInfo",
+    "App",
+    "AppConfig",
+    "Context",
+    "DurableObject",
+    "Namespace",
+    "ObjectStats",
+    "ObjectSummary",
+    "StorageLimits",
+    "Stub",
+    "Transaction",
     "BackendError",
     "BackendNotInstalled",
     "BackendUnavailable",

@@ -1,0 +1,267 @@
+"""The :class:`App`: one process's runtime for durable objects on one backend."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from duro.backends.base import Backend, LeaseHeld, ObjectRef
+from duro.backends.registry import open_backend
+from duro.clock import Clock, SystemClock
+from duro.config import resolve_backend_url
+from duro.errors import ConfigError, DuroError, ObjectReset
+from duro.instance import Chain
+from duro.namespace import Elsewhere, Namespace
+from duro.objects import DurableObject
+from duro.stats import ObjectStats
+from duro.storage import StorageLimits
+
+if TYPE_CHECKING:
+    from duro.ids import ObjectId
+    from duro.transport import Transport
+
+__all__ = ["App", "AppConfig"]
+
+log = logging.getLogger("duro")
+T = TypeVar("T")
+D = TypeVar("D", bound=DurableObject)
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Tunables of an :class:`App` (all durations in seconds)."""
+
+    lease_ttl: float = 10.0
+    drift_margin: float = 1.0
+    idle_timeout: float = 60.0
+    max_queue: int = 1000
+    call_timeout: float = 60.0
+    alarm_poll_interval: float = 1.0
+    alarm_retry_base: float = 2.0
+    alarm_max_retries: int = 6
+    io_threads: int = 16
+    storage_limits: StorageLimits = field(default_factory=StorageLimits)
+
+
+class App:
+    """Hosts durable objects on one backend; use as ``async with duro.App(...) as app``.
+
+    *backend* is a URL (or an open :class:`~duro.backends.Backend`); without it the URL comes
+    from ``DURO_BACKEND``, ``./duro.toml``, ``[tool.duro]`` in ``./pyproject.toml``, or the
+    embedded default ``sqlite:///.duro/duro.db``. *listen* (``"127.0.0.1:0"`` by default; ``None``
+    to disable) is where other processes forward calls for objects this process owns;
+    *advertise* is the address they should use, if different. Leaving the ``async with`` stops
+    taking calls, drains in-flight turns and flushes, and releases leases.
+    """
+
+    def __init__(
+        self,
+        backend: str | Backend | None = None,
+        *,
+        listen: str | None = "127.0.0.1:0",
+        advertise: str | None = None,
+        clock: Clock | None = None,
+        env: Any = None,
+        config: AppConfig | None = None,
+        **options: Any,
+    ) -> None:
+        if isinstance(backend, Backend):
+            self._backend_obj: Backend | None = backend
+            self.url = backend.url.raw
+        else:
+            self._backend_obj = None
+            self.url = resolve_backend_url(backend)
+        try:
+            self.config = AppConfig(**options) if config is None else config
+        except TypeError as exc:
+            raise ConfigError(f"unknown App option: {exc}") from None
+        if options and config is not None:
+            raise ConfigError("pass either config= or individual options, not both")
+        self.clock: Clock = clock or SystemClock()
+        self.env = env
+        self.owner_id = uuid.uuid4().hex
+        self.listen = listen
+        self.address: str | None = None
+        self._advertise = advertise
+        self._namespaces: dict[str, Namespace[Any]] = {}
+        self._state = "new"
+        self._executor: ThreadPoolExecutor | None = None
+        self._backend: Backend | None = None
+        self._transport: Transport | None = None
+        self._background: asyncio.Task[None] | None = None
+        self._websockets: Any = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> App:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open the backend, start listening, start lease renewal, eviction and alarms."""
+        if self._state != "new":
+            raise DuroError(f"this App is {self._state}; make a new one")
+        self._state = "starting"
+        self._executor = ThreadPoolExecutor(self.config.io_threads, thread_name_prefix="duro-io")
+        try:
+            if self._backend_obj is not None:
+                self._backend = self._backend_obj
+            else:
+                self._backend = await self.io(open_backend, self.url)
+            if self.listen is not None:
+                from duro.transport import Transport
+
+                self._transport = Transport(self)
+                self.address = await self._transport.start(self.listen, self._advertise)
+        except BaseException:
+            await self._shutdown()
+            raise
+        self._state = "open"
+        self._background = asyncio.ensure_future(self._maintain())
+
+    async def close(self) -> None:
+        """Stop taking calls, drain in-flight turns and flushes, release leases, close."""
+        if self._state in ("closing", "closed", "new"):
+            self._state = "closed"
+            return
+        self._state = "closing"
+        if self._background is not None:
+            self._background.cancel()
+            await asyncio.gather(self._background, return_exceptions=True)
+        instances = [i for ns in self._namespaces.values() for i in ns._instances.values()]
+        await asyncio.gather(*(i.evict() for i in instances), return_exceptions=True)
+        await self._shutdown()
+        self._state = "closed"
+
+    async def _shutdown(self) -> None:
+        if self._transport is not None:
+            await self._transport.stop()
+        if self._backend is not None and self._backend_obj is None:
+            await self.io(self._backend.close)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise ObjectReset(f"the App is {self._state}; it takes no calls")
+
+    @property
+    def backend(self) -> Backend:
+        """The open backend."""
+        if self._backend is None:
+            raise DuroError("the App is not started: use `async with duro.App(...) as app`")
+        return self._backend
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """Threads that run blocking backend calls."""
+        assert self._executor is not None
+        return self._executor
+
+    async def io(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a blocking backend call in the I/O threads."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, functools.partial(fn, *args, **kwargs)
+        )
+
+    # -- namespaces -----------------------------------------------------------------------------
+
+    def namespace(self, cls: type[D], name: str | None = None) -> Namespace[D]:
+        """The namespace of *cls* (named after the class unless *name* is given)."""
+        if not (isinstance(cls, type) and issubclass(cls, DurableObject)):
+            raise TypeError(f"{cls!r} is not a duro.DurableObject subclass")
+        ns_name = name or cls.__name__
+        existing = self._namespaces.get(ns_name)
+        if existing is not None:
+            if existing.cls is not cls:
+                raise ConfigError(f"namespace {ns_name!r} is already bound to "
+                                  f"{existing.cls.__qualname__}")
+            return existing
+        ns: Namespace[D] = Namespace(self, cls, ns_name)
+        self._namespaces[ns_name] = ns
+        return ns
+
+    def stats(self) -> dict[str, ObjectStats]:
+        """Counters per namespace (turns, cache hits/misses, flushes, batch sizes, resets…)."""
+        return {name: ns.stats() for name, ns in self._namespaces.items()}
+
+    # -- forwarding -----------------------------------------------------------------------------
+
+    async def _forward(self, where: Elsewhere, ns: Namespace[Any], oid: ObjectId, method: str,
+                       payload: bytes, chain: Chain, hops: int) -> bytes | None:
+        """Send a call to the owning process; ``None`` if it is gone and its lease has ended."""
+        assert self._transport is not None
+        reply = await self._transport.forward(where.address, ns.name, oid, method, payload,
+                                              chain, hops + 1)
+        if reply is not None:
+            ns._retired.forwarded += 1
+            return reply
+        # Unreachable owner: it cannot be asked, and its lease must run out before we take over.
+        wait = where.until + self.config.drift_margin - self.clock.time()
+        if wait > 0:
+            await self.clock.sleep(min(wait, 1.0))
+        return None
+
+    async def _serve_forwarded(self, ns_name: str, hex_id: str, name: str | None, method: str,
+                               payload: bytes, chain: Chain, hops: int) -> bytes:
+        """Handle a call another process forwarded here."""
+        ns = self._namespaces.get(ns_name)
+        if ns is None:
+            raise ConfigError(f"this process has no namespace {ns_name!r}")
+        oid = ns.id_from_string(hex_id)
+        if name is not None:
+            oid = ns.id_from_name(name)
+        return await ns._invoke(oid, method, payload, chain, hops)
+
+    # -- background work ------------------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        cfg, clock = self.config, self.clock
+        tick = max(0.01, min(cfg.lease_ttl / 4, cfg.alarm_poll_interval, 1.0))
+        since_alarm_poll = cfg.alarm_poll_interval
+        while True:
+            await clock.sleep(tick)
+            try:
+                now = clock.monotonic()
+                for ns in list(self._namespaces.values()):
+                    for inst in list(ns._instances.values()):
+                        if not inst.accepting:
+                            continue
+                        if inst.idle and now - inst.last_active >= cfg.idle_timeout:
+                            asyncio.ensure_future(inst.evict())
+                        elif inst.lease_expiring(cfg.lease_ttl / 2):
+                            inst._renew_soon()
+                since_alarm_poll += tick
+                if since_alarm_poll >= cfg.alarm_poll_interval:
+                    since_alarm_poll = 0.0
+                    await self._poll_alarms()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - background work must go on
+                log.exception("duro background maintenance failed; retrying")
+
+    async def _poll_alarms(self) -> None:
+        """Activate objects with due alarms that nobody here owns (their timer fires them)."""
+        due: list[tuple[ObjectRef, float]] = await self.io(self.backend.due_alarms,
+                                                           self.clock.time(), 100)
+        for ref, _at in due:
+            ns = self._namespaces.get(ref.namespace)
+            if ns is None or ref.id in ns._instances or ref.id in ns._activating:
+                continue
+            lease = await self.io(self.backend.read_lease, ref)
+            if lease is not None and lease.owner not in (None, self.owner_id) and (
+                lease.until + self.config.drift_margin > self.clock.time()
+            ):
+                continue  # a live owner elsewhere fires it
+            try:
+                await ns._activate(ns.id_from_string(ref.id))
+            except (Elsewhere, LeaseHeld, DuroError):
+                continue

@@ -1,0 +1,691 @@
+"""An object's storage: an in-memory cache in front of the backend, with write coalescing.
+
+Reads are served from the cache; a hit does no I/O and does not yield. Writes validate and
+encode at once, apply to the cache at once, and are committed later by the instance's flush,
+all unflushed writes together as one atomic batch, one flush in flight at a time. Every write
+method returns an awaitable that resolves once that write is durable; ignoring it is fine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import heapq
+import itertools
+import math
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from duro.backends.base import UNCHANGED, Batch, _Unchanged
+from duro.codec import decode, encode_value
+from duro.errors import DuroError, InvalidKey, ObjectReset
+from duro.keys import encode_key, key_range
+
+if TYPE_CHECKING:
+    from duro.instance import Instance
+
+__all__ = ["Durable", "Storage", "StorageLimits", "Transaction"]
+
+_MISSING: Final = object()
+_seq = itertools.count()
+
+
+@dataclass(frozen=True)
+class StorageLimits:
+    """Per-object limits: value size, cache size (LRU over clean entries), dirty backpressure."""
+
+    max_value_bytes: int = 128 * 1024
+    cache_bytes: int = 16 * 1024 * 1024
+    cache_entries: int = 100_000
+    dirty_bytes: int = 8 * 1024 * 1024
+    preload_keys: int = 256
+
+
+def _alarm_time(when: object) -> float:
+    if isinstance(when, _dt.datetime):
+        if when.tzinfo is None:
+            raise ValueError("set_alarm(): use an aware datetime (with tzinfo) or epoch seconds")
+        return when.timestamp()
+    if isinstance(when, bool) or not isinstance(when, int | float) or not math.isfinite(when):
+        raise TypeError(f"set_alarm(): expected epoch seconds or an aware datetime, not {when!r}")
+    return float(when)
+
+
+class Durable:
+    """The awaitable a write returns: resolves to its value once the write is durable."""
+
+    __slots__ = ("_seq", "_storage", "_value")
+
+    def __init__(self, storage: Storage, seq: int, value: Any) -> None:
+        self._storage = storage
+        self._seq = seq
+        self._value = value
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._storage._wait_durable(self._seq, self._value).__await__()
+
+
+class _Overlay:
+    """Writes not yet applied somewhere: a transaction's, or the storage's dirty/in-flight set."""
+
+    __slots__ = ("alarm", "clear", "writes")
+
+    def __init__(self) -> None:
+        self.writes: dict[bytes, bytes | None] = {}
+        self.clear = False
+        self.alarm: float | None | _Unchanged = UNCHANGED
+
+    def put(self, k: bytes, v: bytes | None) -> None:
+        self.writes[k] = v
+
+    def delete_all(self) -> None:
+        self.writes.clear()
+        self.clear = True
+        self.alarm = None
+
+    def merge(self, other: _Overlay) -> None:
+        if other.clear:
+            self.delete_all()
+        self.writes.update(other.writes)
+        if other.alarm is not UNCHANGED:
+            self.alarm = other.alarm
+
+    def to_batch(self) -> Batch:
+        puts = {k: v for k, v in self.writes.items() if v is not None}
+        deletes = {k for k, v in self.writes.items() if v is None}
+        return Batch(puts=puts, deletes=deletes, delete_all=self.clear, alarm=self.alarm)
+
+    def __bool__(self) -> bool:
+        return bool(self.writes or self.clear or self.alarm is not UNCHANGED)
+
+
+class _Reader:
+    """Read methods shared by :class:`Storage` and :class:`Transaction`."""
+
+    async def _get_raw(self, keys: list[bytes]) -> dict[bytes, bytes | None]:
+        raise NotImplementedError
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """The value stored under *key*, or *default*."""
+        k = encode_key(key)
+        got = await self._get_raw([k])
+        v = got[k]
+        return default if v is None else decode(v)
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Values of the keys that exist, in the order given (missing keys are omitted)."""
+        if isinstance(keys, str):
+            raise InvalidKey("get_many() takes an iterable of keys, not one str")
+        ks = [encode_key(k) for k in keys]
+        got = await self._get_raw(ks)
+        return {k.decode(): decode(v) for k in ks if (v := got[k]) is not None}
+
+
+class Storage(_Reader):
+    """The storage of one live object instance (``self.storage`` / ``ctx.storage``)."""
+
+    def __init__(
+        self,
+        inst: Instance,
+        limits: StorageLimits,
+        alarm: float | None,
+        preload: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        self._inst = inst
+        self._limits = limits
+        self._cache: OrderedDict[bytes, bytes | None] = OrderedDict()
+        self._cache_bytes = 0
+        # The cache holds every key of the object (absent keys need no I/O).
+        self._complete = False
+        if preload is not None:
+            for k, v in preload:
+                self._cache[k] = v
+                self._cache_bytes += len(k) + len(v)
+            self._complete = len(preload) < limits.preload_keys
+        self._alarm = alarm
+        self._dirty = _Overlay()
+        self._dirty_bytes = 0
+        self._inflight: _Overlay | None = None
+        self._write_seq = 0
+        self._durable_seq = 0
+        self._flush_scheduled = False
+        self._flush_task: asyncio.Task[None] | None = None
+        self._prereads: list[asyncio.Future[Any]] = []
+        self._waiters: list[tuple[int, int, Callable[[BaseException | None], None]]] = []
+        self._broken: BaseException | None = None
+        self._stats = inst.stats
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def _get_raw(self, keys: list[bytes]) -> dict[bytes, bytes | None]:
+        cache = self._cache
+        out: dict[bytes, bytes | None] = {}
+        missing: list[bytes] = []
+        for k in keys:
+            v = cache.get(k, _MISSING)
+            if v is _MISSING:
+                if self._complete:
+                    out[k] = None
+                else:
+                    missing.append(k)
+            else:
+                cache.move_to_end(k)
+                out[k] = v  # type: ignore[assignment]
+        self._stats.cache_hits += len(keys) - len(missing)
+        if missing:
+            self._stats.cache_misses += len(missing)
+            rows = await self._inst.read(self._inst.backend.get_many, missing)
+            for k in missing:
+                # A write made while the read was in flight wins over what was read.
+                v = cache.get(k, _MISSING)
+                if v is _MISSING:
+                    v = rows.get(k)
+                    self._fill(k, v)
+                out[k] = v  # type: ignore[assignment]
+            self._evict()
+        return out
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """The value stored under *key*, or *default*. A cache hit does not yield."""
+        k = encode_key(key)
+        v = self._cache.get(k, _MISSING)
+        if v is _MISSING:
+            v = (await self._get_raw([k]))[k]
+        else:
+            self._cache.move_to_end(k)
+            self._stats.cache_hits += 1
+        return default if v is None else decode(v)  # type: ignore[arg-type]
+
+    async def list(
+        self,
+        *,
+        start: str | None = None,
+        start_after: str | None = None,
+        end: str | None = None,
+        prefix: str | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        """Keys and values in UTF-8 byte order within the bounds (``end`` exclusive).
+
+        ``reverse`` returns the same range from the other end; ``limit`` caps the count.
+        """
+        lo, hi = key_range(start=start, start_after=start_after, end=end, prefix=prefix)
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"list(): limit must be a non-negative int, not {limit!r}")
+        rows = await self._scan(lo, hi, reverse, limit)
+        return {k.decode(): decode(v) for k, v in rows}
+
+    def _pending(self) -> _Overlay:
+        over = _Overlay()
+        if self._inflight is not None:
+            over.merge(self._inflight)
+        over.merge(self._dirty)
+        return over
+
+    async def _scan(
+        self, lo: bytes | None, hi: bytes | None, reverse: bool, limit: int | None
+    ) -> list[tuple[bytes, bytes]]:
+        def inside(k: bytes) -> bool:
+            return (lo is None or k >= lo) and (hi is None or k < hi)
+
+        if self._complete:
+            self._stats.cache_hits += 1
+            keys = sorted(k for k, v in self._cache.items() if v is not None and inside(k))
+            rows = [(k, self._cache[k]) for k in keys]
+        else:
+            self._stats.cache_misses += 1
+            pending = self._pending()
+            extra = sum(1 for k in pending.writes if inside(k))
+            backend_limit = None if limit is None else limit + extra
+            got: list[tuple[bytes, bytes]] = []
+            if not pending.clear:
+                got = await self._inst.read(
+                    self._inst.backend.scan, lo, hi, reverse=reverse, limit=backend_limit
+                )
+            # Writes made meanwhile are in the cache; recompute the overlay after the read.
+            pending = self._pending()
+            merged = dict(got)
+            for k, v in pending.writes.items():
+                if inside(k):
+                    if v is None:
+                        merged.pop(k, None)
+                    else:
+                        merged[k] = v
+            if pending.clear:
+                merged = {k: v for k, v in merged.items() if k in pending.writes}
+            keys = sorted(merged)
+            if backend_limit is not None and len(got) >= backend_limit and keys:
+                # The backend stopped early: only keys up to its last row are known.
+                edge = got[-1][0]
+                keys = [k for k in keys if (k >= edge if reverse else k <= edge)]
+            rows = [(k, merged[k]) for k in keys]
+            for k, v in got:
+                if k not in self._cache:
+                    self._fill(k, v)
+            self._evict()
+        rows = [(k, v) for k, v in rows if v is not None]
+        if reverse:
+            rows.reverse()
+        return rows if limit is None else rows[:limit]
+
+    async def get_alarm(self) -> float | None:
+        """The alarm time (epoch seconds), or ``None``."""
+        return self._alarm
+
+    # -- cache ----------------------------------------------------------------------------------
+
+    def _fill(self, k: bytes, v: bytes | None) -> None:
+        self._cache[k] = v
+        self._cache_bytes += len(k) + (len(v) if v else 0)
+
+    def _set(self, k: bytes, v: bytes | None) -> None:
+        old = self._cache.get(k, _MISSING)
+        if old is not _MISSING:
+            self._cache_bytes -= len(k) + (len(old) if old else 0)  # type: ignore[arg-type]
+        self._cache[k] = v
+        self._cache.move_to_end(k)
+        self._cache_bytes += len(k) + (len(v) if v else 0)
+
+    def _evict(self) -> None:
+        lim = self._limits
+        if self._cache_bytes <= lim.cache_bytes and len(self._cache) <= lim.cache_entries:
+            return
+        pending = self._pending().writes
+        for k in list(self._cache):
+            if self._cache_bytes <= lim.cache_bytes and len(self._cache) <= lim.cache_entries:
+                break
+            if k in pending:
+                continue
+            v = self._cache.pop(k)
+            self._cache_bytes -= len(k) + (len(v) if v else 0)
+            self._complete = False
+            self._stats.evictions += 1
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self._broken is not None:
+            raise ObjectReset(f"object was reset: {self._broken}")
+
+    def _wrote(self, value: Any = None) -> Durable:
+        self._write_seq += 1
+        if not self._flush_scheduled and self._flush_task is None:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_flush)
+        return Durable(self, self._write_seq, value)
+
+    def _apply(self, k: bytes, v: bytes | None) -> None:
+        self._set(k, v)
+        self._dirty.put(k, v)
+        self._dirty_bytes += len(k) + (len(v) if v else 0)
+
+    def put(self, key: str, value: Any) -> Durable:
+        """Store *value* under *key*. Applies at once; await the result to wait for durability."""
+        k = encode_key(key)
+        v = encode_value(value, self._limits.max_value_bytes)
+        self._check_writable()
+        self._apply(k, v)
+        self._evict()
+        return self._wrote()
+
+    def put_many(self, entries: Mapping[str, Any]) -> Durable:
+        """Store several keys at once (atomically, in one batch)."""
+        if not isinstance(entries, Mapping):
+            raise TypeError("put_many() takes a mapping of str keys to values")
+        encoded = [
+            (encode_key(k), encode_value(v, self._limits.max_value_bytes))
+            for k, v in entries.items()
+        ]
+        self._check_writable()
+        for k, v in encoded:
+            self._apply(k, v)
+        self._evict()
+        return self._wrote()
+
+    def _existed(self, k: bytes) -> bool | asyncio.Future[bool]:
+        """Whether *k* exists now: known from the cache, or read before the delete lands."""
+        v = self._cache.get(k, _MISSING)
+        if v is not _MISSING or self._complete:
+            return v is not None and v is not _MISSING
+        if self._pending().clear:
+            return False
+        fut = asyncio.ensure_future(self._inst.read(self._inst.backend.get_many, [k]))
+        exists: asyncio.Future[bool] = asyncio.ensure_future(_contains(fut, k))
+        self._prereads.append(exists)
+        return exists
+
+    def delete(self, key: str) -> Durable:
+        """Delete *key*; the awaitable resolves to whether it existed."""
+        k = encode_key(key)
+        self._check_writable()
+        existed = self._existed(k)
+        self._apply(k, None)
+        return self._wrote(existed)
+
+    def delete_many(self, keys: Iterable[str]) -> Durable:
+        """Delete several keys; the awaitable resolves to how many existed."""
+        if isinstance(keys, str):
+            raise InvalidKey("delete_many() takes an iterable of keys, not one str")
+        ks = list(dict.fromkeys(encode_key(k) for k in keys))
+        self._check_writable()
+        existed = [self._existed(k) for k in ks]
+        for k in ks:
+            self._apply(k, None)
+        return self._wrote(existed)
+
+    def delete_all(self) -> Durable:
+        """Delete every key and the alarm, atomically."""
+        self._check_writable()
+        self._cache.clear()
+        self._cache_bytes = 0
+        self._complete = True
+        self._dirty.delete_all()
+        self._alarm = None
+        return self._wrote()
+
+    def set_alarm(self, when: float | _dt.datetime) -> Durable:
+        """Set the object's alarm to *when* (epoch seconds or an aware datetime)."""
+        t = _alarm_time(when)
+        self._check_writable()
+        self._alarm = t
+        self._dirty.alarm = t
+        self._inst._alarm_changed(t)
+        return self._wrote()
+
+    def delete_alarm(self) -> Durable:
+        """Remove the alarm."""
+        self._check_writable()
+        self._alarm = None
+        self._dirty.alarm = None
+        self._inst._alarm_changed(None)
+        return self._wrote()
+
+    def transaction(self) -> Transaction:
+        """``async with storage.transaction() as txn``: all of it or nothing of it."""
+        self._check_writable()
+        return Transaction(self)
+
+    async def sync(self) -> None:
+        """Wait until every write made so far is durable."""
+        await self._wait_durable(self._write_seq, None)
+
+    # -- durability -----------------------------------------------------------------------------
+
+    async def _wait_durable(self, seq: int, value: Any) -> Any:
+        if self._durable_seq < seq or self._broken is not None:
+            if self._broken is not None:
+                raise ObjectReset(f"object was reset: {self._broken}") from None
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def done(exc: BaseException | None) -> None:
+                if fut.done():
+                    return
+                if exc is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(exc)
+
+            self.after_durable(seq, done)
+            await fut
+        return await _resolve(value)
+
+    def after_durable(self, seq: int, callback: Callable[[BaseException | None], None]) -> None:
+        """Call *callback(None)* once writes up to *seq* are durable, or with the reset error."""
+        if self._broken is not None:
+            callback(ObjectReset(f"object was reset: {self._broken}"))
+        elif self._durable_seq >= seq:
+            callback(None)
+        else:
+            heapq.heappush(self._waiters, (seq, next(_seq), callback))
+
+    @property
+    def write_seq(self) -> int:
+        """Sequence number of the latest write."""
+        return self._write_seq
+
+    @property
+    def dirty_bytes(self) -> int:
+        """Bytes written but not yet handed to a flush."""
+        return self._dirty_bytes
+
+    def _start_flush(self) -> None:
+        self._flush_scheduled = False
+        if self._flush_task is not None or not self._dirty or self._broken is not None:
+            if not self._dirty and self._flush_task is None:
+                self._durable_seq = self._write_seq
+                self._wake(None)
+            return
+        batch_over, self._dirty = self._dirty, _Overlay()
+        self._dirty_bytes = 0
+        self._inflight = batch_over
+        prereads, self._prereads = self._prereads, []
+        self._flush_task = asyncio.ensure_future(
+            self._flush(batch_over, self._write_seq, prereads)
+        )
+
+    async def _flush(self, over: _Overlay, seq: int, prereads: list[asyncio.Future[Any]]) -> None:
+        try:
+            if prereads:
+                await asyncio.gather(*prereads)
+            await self._inst.commit(over.to_batch())
+        except BaseException as exc:  # noqa: BLE001 - every failure resets the object
+            self._flush_task = None
+            self._inflight = None
+            self.break_(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._flush_task = None
+        self._inflight = None
+        self._durable_seq = seq
+        self._wake(None)
+        if self._dirty:
+            self._start_flush()
+
+    def _wake(self, exc: BaseException | None) -> None:
+        while self._waiters and (exc is not None or self._waiters[0][0] <= self._durable_seq):
+            _, _, cb = heapq.heappop(self._waiters)
+            cb(exc)
+
+    def break_(self, exc: BaseException) -> None:
+        """Mark the storage unusable after a failed flush or a reset; fail every waiter."""
+        if self._broken is not None:
+            return
+        self._broken = exc
+        if isinstance(exc, ObjectReset):
+            err: BaseException = exc
+        else:
+            err = ObjectReset(f"object was reset: {exc}")
+        self._wake(err)
+        for f in self._prereads:
+            f.cancel()
+
+    @property
+    def flushing(self) -> bool:
+        """Whether writes are waiting to be, or being, flushed."""
+        return bool(self._flush_task is not None or self._dirty or self._flush_scheduled)
+
+
+async def _contains(fut: Awaitable[dict[bytes, bytes]], k: bytes) -> bool:
+    return k in await fut
+
+
+async def _resolve(value: Any) -> Any:
+    if isinstance(value, asyncio.Future):
+        return await value
+    if isinstance(value, list):
+        n = 0
+        for v in value:
+            n += int(await v) if isinstance(v, asyncio.Future) else int(v)
+        return n
+    return value
+
+
+class Transaction(_Reader):
+    """A transaction: reads see its own writes; on exit all writes apply at once, or none.
+
+    An exception inside the ``async with`` block, or :meth:`rollback`, discards every write.
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._over = _Overlay()
+        self._done = False
+        self._rolled_back = False
+
+    async def __aenter__(self) -> Transaction:
+        return self
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None and not self._rolled_back:
+            self._commit()
+        self._done = True
+
+    def _check(self) -> None:
+        if self._done or self._rolled_back:
+            raise DuroError("this transaction is finished (committed or rolled back)")
+
+    def rollback(self) -> None:
+        """Discard every write of this transaction."""
+        self._check()
+        self._rolled_back = True
+
+    def _commit(self) -> None:
+        s = self._storage
+        s._check_writable()
+        over = self._over
+        if not over:
+            return
+        if over.clear:
+            s.delete_all()
+        for k, v in over.writes.items():
+            s._apply(k, v)
+        if over.alarm is not UNCHANGED:
+            s._alarm = over.alarm  # type: ignore[assignment]
+            s._dirty.alarm = over.alarm
+            s._inst._alarm_changed(over.alarm)  # type: ignore[arg-type]
+        s._evict()
+        s._wrote()
+
+    async def _get_raw(self, keys: list[bytes]) -> dict[bytes, bytes | None]:
+        self._check()
+        out: dict[bytes, bytes | None] = {}
+        rest = []
+        for k in keys:
+            if k in self._over.writes:
+                out[k] = self._over.writes[k]
+            elif self._over.clear:
+                out[k] = None
+            else:
+                rest.append(k)
+        if rest:
+            out.update(await self._storage._get_raw(rest))
+        return out
+
+    async def list(
+        self,
+        *,
+        start: str | None = None,
+        start_after: str | None = None,
+        end: str | None = None,
+        prefix: str | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        """Like :meth:`Storage.list`, seeing this transaction's writes."""
+        self._check()
+        lo, hi = key_range(start=start, start_after=start_after, end=end, prefix=prefix)
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"list(): limit must be a non-negative int, not {limit!r}")
+        mine = {k: v for k, v in self._over.writes.items()
+                if (lo is None or k >= lo) and (hi is None or k < hi)}
+        base: list[tuple[bytes, bytes]] = []
+        if not self._over.clear:
+            base_limit = None if limit is None else limit + len(mine)
+            base = await self._storage._scan(lo, hi, reverse, base_limit)
+        merged: dict[bytes, bytes | None] = dict(base)
+        merged.update(mine)
+        keys = sorted(k for k, v in merged.items() if v is not None)
+        if limit is not None and base and len(base) >= limit + len(mine):
+            edge = base[-1][0]
+            keys = [k for k in keys if (k >= edge if reverse else k <= edge)]
+        if reverse:
+            keys.reverse()
+        if limit is not None:
+            keys = keys[:limit]
+        return {k.decode(): decode(merged[k]) for k in keys}  # type: ignore[arg-type]
+
+    async def get_alarm(self) -> float | None:
+        """The alarm as this transaction sees it."""
+        self._check()
+        if self._over.alarm is not UNCHANGED:
+            return self._over.alarm  # type: ignore[return-value]
+        return self._storage._alarm
+
+    def _done_now(self, value: Any = None) -> Durable:
+        return Durable(self._storage, 0, value)
+
+    def put(self, key: str, value: Any) -> Durable:
+        """Stage a put."""
+        k, v = encode_key(key), encode_value(value, self._storage._limits.max_value_bytes)
+        self._check()
+        self._over.put(k, v)
+        return self._done_now()
+
+    def put_many(self, entries: Mapping[str, Any]) -> Durable:
+        """Stage several puts."""
+        lim = self._storage._limits.max_value_bytes
+        encoded = [(encode_key(k), encode_value(v, lim)) for k, v in entries.items()]
+        self._check()
+        for k, v in encoded:
+            self._over.put(k, v)
+        return self._done_now()
+
+    def _existed(self, k: bytes) -> bool | asyncio.Future[bool]:
+        if k in self._over.writes:
+            return self._over.writes[k] is not None
+        if self._over.clear:
+            return False
+        return self._storage._existed(k)
+
+    def delete(self, key: str) -> Durable:
+        """Stage a delete; resolves to whether the key existed."""
+        k = encode_key(key)
+        self._check()
+        existed = self._existed(k)
+        self._over.put(k, None)
+        return self._done_now(existed)
+
+    def delete_many(self, keys: Iterable[str]) -> Durable:
+        """Stage several deletes; resolves to how many existed."""
+        if isinstance(keys, str):
+            raise InvalidKey("delete_many() takes an iterable of keys, not one str")
+        ks = list(dict.fromkeys(encode_key(k) for k in keys))
+        self._check()
+        existed = [self._existed(k) for k in ks]
+        for k in ks:
+            self._over.put(k, None)
+        return self._done_now(existed)
+
+    def delete_all(self) -> Durable:
+        """Stage deleting every key and the alarm."""
+        self._check()
+        self._over.delete_all()
+        return self._done_now()
+
+    def set_alarm(self, when: float | _dt.datetime) -> Durable:
+        """Stage setting the alarm."""
+        t = _alarm_time(when)
+        self._check()
+        self._over.alarm = t
+        return self._done_now()
+
+    def delete_alarm(self) -> Durable:
+        """Stage removing the alarm."""
+        self._check()
+        self._over.alarm = None
+        return self._done_now()
+

@@ -1,0 +1,129 @@
+"""Forwarding calls between processes: HTTP on uvicorn (server) and httpx (client).
+
+Each :class:`~duro.app.App` listens on an address recorded in the leases it holds; a process
+that receives a call for an object owned elsewhere POSTs it to the owner's ``/_duro/call``. The
+body and the reply are msgpack; the reply is the same envelope an in-process call produces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import msgpack
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from duro.calls import pack_error
+from duro.errors import BackendUnavailable, CallTimeout, ConfigError
+
+if TYPE_CHECKING:
+    from duro.app import App
+    from duro.ids import ObjectId
+    from duro.instance import Chain
+
+__all__ = ["Transport", "parse_address"]
+
+_CONTENT_TYPE = "application/x-duro-call"
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``"host:port"`` → ``(host, port)``, with a clear error for anything else."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"listen address {address!r} must look like '127.0.0.1:0' (host:port)")
+    return host.strip("[]"), int(port)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without signal handling: the App's host program owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def install_signal_handlers(self) -> None:
+        pass
+
+
+class Transport:
+    """Serves forwarded calls for one App and forwards calls to other Apps."""
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+        self._server: _Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    async def start(self, listen: str, advertise: str | None) -> str:
+        """Bind *listen* and serve; return the address other processes should use."""
+        host, port = parse_address(listen)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"cannot listen on {listen}: {exc.strerror}", orig=exc) from exc
+        bound = sock.getsockname()[1]
+        web = Starlette(routes=[Route("/_duro/call", self._handle, methods=["POST"])])
+        config = uvicorn.Config(web, log_level="warning", lifespan="off", access_log=False)
+        self._server = _Server(config)
+        self._task = asyncio.ensure_future(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.001)
+        timeout = httpx.Timeout(self._app.config.call_timeout + 5, connect=2.0)
+        self._client = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(
+            max_connections=256, max_keepalive_connections=64))
+        return advertise or f"{host}:{bound}"
+
+    async def stop(self) -> None:
+        """Stop serving and close the client."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _handle(self, request: Request) -> Response:
+        body = await request.body()
+        try:
+            msg: dict[str, Any] = msgpack.unpackb(body)
+            reply = await self._app._serve_forwarded(
+                msg["ns"], msg["id"], msg.get("name"), msg["method"], msg["payload"],
+                tuple(tuple(c) for c in msg["chain"]), msg["hops"])
+        except Exception as exc:  # noqa: BLE001 - every error is a reply
+            reply = pack_error(exc)
+        return Response(reply, media_type=_CONTENT_TYPE)
+
+    async def forward(self, address: str, ns: str, oid: ObjectId, method: str, payload: bytes,
+                      chain: Chain, hops: int) -> bytes | None:
+        """POST a call to the owner at *address*; ``None`` if nothing listens there."""
+        assert self._client is not None
+        body = msgpack.packb({"ns": ns, "id": oid.hex, "name": oid.name, "method": method,
+                              "payload": payload, "chain": [list(c) for c in chain],
+                              "hops": hops})
+        try:
+            resp = await self._client.post(f"http://{address}/_duro/call", content=body,
+                                           headers={"content-type": _CONTENT_TYPE})
+        except httpx.ConnectError:
+            return None
+        except httpx.TimeoutException as exc:
+            raise CallTimeout(f"the owner at {address} did not answer in time; the outcome "
+                              "is unknown", orig=exc) from exc
+        except httpx.HTTPError as exc:
+            raise BackendUnavailable(f"lost the connection to the owner at {address}; the "
+                                     "outcome is unknown", orig=exc) from exc
+        if resp.status_code != 200:
+            raise BackendUnavailable(f"the owner at {address} answered HTTP {resp.status_code}")
+        return resp.content
