@@ -1,0 +1,585 @@
+"""The linearizability checker: prechecks, P-compositional WGL search, shrinking, verdicts.
+
+Public API (what workloads call)::
+
+    from duro.consistency.checker import check_history
+
+    result = check_history(history, budget=1_000_000, timeout=30.0)
+    result.verdict        # "ok" | "anomaly" | "unknown"
+    result.ok             # verdict == "ok"
+    result.partitions     # [PartitionResult(object, keys, model, ops, verdict, steps, seconds)]
+    result.anomalies      # [Anomaly(kind, object, keys, message, witness)]
+    result.witness        # the first anomaly's Witness (shrunk sub-history), or None
+    print(result.explain())  # verdict, per-partition summary, each witness as an ASCII timeline
+
+``history`` may be a :class:`~duro.consistency.history.History`, a path to a JSONL file, or an
+iterable of :class:`~duro.consistency.history.Event` / JSON dicts.
+
+Pipeline (research/linearizability.md §6.4):
+
+1. **Prechecks**, O(n) per object: a read of a value no op wrote ("garbage read"), of a value
+   only failed ops wrote ("aborted read"), or of a value whose every writer was invoked after
+   the read completed ("read from the future"). Each is an anomaly with a tiny witness.
+2. **Partitioning**: by object, then by key; keys tied by a ``txn`` or lying in a ``list``'s
+   range are merged (union-find), and such groups use the whole-group :class:`ObjectModel`,
+   single keys the :class:`RegisterModel`. A history is linearizable iff every partition is.
+3. **Search** per partition: Wing–Gong/Lowe over a dancing-links list of call/return entries
+   with a memo of ``(linearized bitset, model state)`` (Porcupine's ``checkSingle``). ``info``
+   ops have no return entry (they may take effect any time after their invoke, or never) unless
+   they carry a ``bound``; a step budget (and optional wall-clock timeout) yields ``unknown``.
+4. **Shrinking** a failing partition: greedy chunk-then-single removal, keeping a removal only if
+   the rest is still non-linearizable *and* every value read still has a producing write.
+   The witness carries the longest linearizable prefix found and, for the ops that could come
+   next, the model's complaint.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from duro.consistency.history import Event, History, Operation
+from duro.consistency.models import Model, ObjectModel, RegisterModel, State, freeze
+from duro.keys import key_range
+
+__all__ = [
+    "DEFAULT_BUDGET",
+    "Anomaly",
+    "CheckResult",
+    "PartitionResult",
+    "Witness",
+    "check_history",
+    "check_ops",
+]
+
+Verdict = Literal["ok", "anomaly", "unknown"]
+DEFAULT_BUDGET: Final = 1_000_000
+_OK, _ILLEGAL, _UNKNOWN = "ok", "anomaly", "unknown"
+
+
+# ---------------------------------------------------------------------------------------------
+# result objects
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Witness:
+    """A (shrunk) non-linearizable sub-history and what the search learnt about it."""
+
+    ops: list[Operation]
+    history: History
+    linearized: list[tuple[Operation, str]] = field(default_factory=list)
+    """Longest linearizable prefix found: each op with the state after it."""
+    state: str = ""
+    """The state after that prefix."""
+    frontier: list[tuple[Operation, str]] = field(default_factory=list)
+    """Ops that could come next, each with the model's complaint (or a note)."""
+
+    def timeline(self) -> str:
+        """The witness as an ASCII timeline (Porcupine style)."""
+        from duro.consistency.report import ascii_timeline
+
+        return ascii_timeline(self.ops, highlight={id(o) for o, _ in self.frontier})
+
+    def to_text(self) -> str:
+        """Timeline, op list and the frontier explanation."""
+        from duro.consistency.report import witness_text
+
+        return witness_text(self)
+
+
+@dataclass
+class Anomaly:
+    """One way the history is not linearizable."""
+
+    kind: str
+    """``garbage-read`` | ``aborted-read`` | ``future-read`` | ``not-linearizable``."""
+    object: str
+    keys: tuple[str, ...]
+    message: str
+    witness: Witness
+
+
+@dataclass
+class PartitionResult:
+    """Verdict on one partition (an object, or a key group within it)."""
+
+    object: str
+    keys: tuple[str, ...]
+    model: str
+    ops: int
+    verdict: Verdict
+    steps: int = 0
+    seconds: float = 0.0
+    anomaly: Anomaly | None = None
+
+
+@dataclass
+class CheckResult:
+    """The verdict on a whole history."""
+
+    verdict: Verdict
+    partitions: list[PartitionResult]
+    anomalies: list[Anomaly]
+    history: History
+    seconds: float
+    ops: int
+    objects: int
+
+    @property
+    def ok(self) -> bool:
+        """True iff every partition is linearizable."""
+        return self.verdict == _OK
+
+    @property
+    def witness(self) -> Witness | None:
+        """The first anomaly's witness."""
+        return self.anomalies[0].witness if self.anomalies else None
+
+    def unknown(self) -> list[PartitionResult]:
+        """Partitions whose search ran out of budget."""
+        return [p for p in self.partitions if p.verdict == _UNKNOWN]
+
+    def summary(self) -> str:
+        """One line: verdict, ops, objects, partitions, time."""
+        n = len(self.partitions)
+        bad = sum(p.verdict == _ILLEGAL for p in self.partitions)
+        unk = len(self.unknown())
+        return (f"{self.verdict}: {self.ops} ops over {self.objects} objects, {n} partitions "
+                f"({bad} with anomalies, {unk} unknown), checked in {self.seconds:.3f} s")
+
+    def explain(self, *, max_anomalies: int = 5) -> str:
+        """A readable report: the summary and each anomaly's witness."""
+        out = [self.summary()]
+        for p in self.unknown():
+            out.append(f"unknown: object {p.object} keys {', '.join(p.keys) or '-'}: search budget "
+                       f"exhausted after {p.steps} steps ({p.ops} ops)")
+        for a in self.anomalies[:max_anomalies]:
+            out.append("")
+            out.append(f"ANOMALY {a.kind} on object {a.object!r}"
+                       f"{' keys ' + ', '.join(a.keys) if a.keys else ''}: {a.message}")
+            out.append(a.witness.to_text())
+        if len(self.anomalies) > max_anomalies:
+            out.append(f"... and {len(self.anomalies) - max_anomalies} more anomalies")
+        return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# the search
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class _Search:
+    verdict: str
+    steps: int
+    best: list[tuple[int, State]] = field(default_factory=list)
+
+
+def _wgl(ops: Sequence[Operation], model: Model, budget: int, deadline: float | None,
+         trace: bool = False) -> _Search:
+    """Wing–Gong/Lowe search with a (bitset, state) memo over *ops* of one partition."""
+    n = len(ops)
+    steps = [model.compile(op) for op in ops]
+    ent: list[tuple[int, int, int]] = []
+    for i, op in enumerate(ops):
+        ent.append((op.call, 0, i))
+        if op.ret is not None:
+            ent.append((op.ret, 1, i))
+    ent.sort()
+    m = len(ent)
+    tail = m + 1
+    nxt = list(range(1, m + 2)) + [tail]
+    prv = [0, *range(0, m + 1)]
+    op_of = [0] * (m + 2)
+    is_call = [False] * (m + 2)
+    ret_of = [0] * (m + 2)
+    call_ent = [0] * n
+    for j, (_, kind, i) in enumerate(ent, 1):
+        op_of[j] = i
+        if kind == 0:
+            is_call[j] = True
+            call_ent[i] = j
+    for j, (_, kind, i) in enumerate(ent, 1):
+        if kind == 1:
+            ret_of[call_ent[i]] = j
+    n_ret = sum(1 for e in ent if e[1] == 1)
+    bits = [1 << i for i in range(n)]
+
+    lin = 0
+    state = model.init()
+    stack: list[tuple[int, State, int]] = []
+    seen: set[tuple[int, State]] = set()
+    best: list[tuple[int, State]] = []
+    count = 0
+    e = nxt[0]
+    while n_ret:
+        count += 1
+        if count > budget or (deadline is not None and not count & 0xFFFF
+                              and time.monotonic() > deadline):
+            return _Search(_UNKNOWN, count, best)
+        if is_call[e]:
+            i = op_of[e]
+            nexts = steps[i](state)
+            took = False
+            if nexts:
+                nl = lin | bits[i]
+                for a, s2 in enumerate(nexts):
+                    k = (nl, s2)
+                    if k not in seen:
+                        seen.add(k)
+                        stack.append((e, state, a))
+                        lin, state = nl, s2
+                        # lift the call entry and its return entry
+                        p, q = prv[e], nxt[e]
+                        nxt[p], prv[q] = q, p
+                        r = ret_of[e]
+                        if r:
+                            p, q = prv[r], nxt[r]
+                            nxt[p], prv[q] = q, p
+                            n_ret -= 1
+                        took = True
+                        break
+            if took:
+                if trace and len(stack) > len(best):
+                    best = [(op_of[x[0]], stack[j + 1][1] if j + 1 < len(stack) else state)
+                            for j, x in enumerate(stack)]
+                e = nxt[0]
+            else:
+                e = nxt[e]
+            continue
+        # a return entry (or the tail): dead end, backtrack
+        if not stack:
+            return _Search(_ILLEGAL, count, best)
+        ce, ps, a = stack.pop()
+        i = op_of[ce]
+        lin ^= bits[i]
+        state = ps
+        r = ret_of[ce]
+        if r:
+            nxt[prv[r]] = r
+            prv[nxt[r]] = r
+            n_ret += 1
+        nxt[prv[ce]] = ce
+        prv[nxt[ce]] = ce
+        nexts = steps[i](state)
+        e = nxt[ce]
+        nl = lin | bits[i]
+        for a2 in range(a + 1, len(nexts)):
+            k = (nl, nexts[a2])
+            if k not in seen:
+                seen.add(k)
+                stack.append((ce, state, a2))
+                lin, state = nl, nexts[a2]
+                p, q = prv[ce], nxt[ce]
+                nxt[p], prv[q] = q, p
+                if r:
+                    p, q = prv[r], nxt[r]
+                    nxt[p], prv[q] = q, p
+                    n_ret -= 1
+                e = nxt[0]
+                break
+    return _Search(_OK, count, best)
+
+
+# ---------------------------------------------------------------------------------------------
+# prechecks
+# ---------------------------------------------------------------------------------------------
+def _writes(op: Operation) -> list[tuple[str, str]]:
+    """(key, frozen value) pairs *op* would write."""
+    if op.f == "put":
+        return [(op.key or "", freeze(op.arg))]
+    if op.f == "cas":
+        return [(op.key or "", freeze(op.arg[1]))]
+    if op.f == "txn":
+        return [(m[1], freeze(m[2])) for m in op.arg if m[0] == "w"]
+    return []
+
+
+def _reads(op: Operation) -> list[tuple[str, str]]:
+    """(key, frozen value) pairs *op* observed as present (absent/null reads excluded)."""
+    if op.outcome != "ok":
+        return []
+    if op.f == "get":
+        return [] if op.result is None else [(op.key or "", freeze(op.result))]
+    if op.f == "cas":
+        return [] if op.arg[0] is None else [(op.key or "", freeze(op.arg[0]))]
+    if op.f == "list":
+        return [(k, freeze(v)) for k, v in op.result]
+    if op.f == "txn":
+        return [(m[1], freeze(m[2])) for m in op.result if m[0] == "r" and m[2] is not None]
+    return []
+
+
+def _is_writer(op: Operation) -> bool:
+    return op.outcome in ("ok", "info") and not (op.f == "cas" and op.outcome == "fail")
+
+
+def _prechecks(obj: str, ops: Sequence[Operation], hist: History) -> list[Anomaly]:
+    good: dict[tuple[str, str], list[Operation]] = defaultdict(list)
+    failed: dict[tuple[str, str], list[Operation]] = defaultdict(list)
+    for op in ops:
+        for kv in _writes(op):
+            (good if _is_writer(op) else failed)[kv].append(op)
+    out: list[Anomaly] = []
+    flagged: set[tuple[str, str]] = set()
+    for op in ops:
+        for kv in _reads(op):
+            k, v = kv
+            writers = good.get(kv)
+            if writers is None:
+                if kv in flagged:
+                    continue
+                flagged.add(kv)
+                fw = failed.get(kv, [])
+                if fw:
+                    msg = (f"{op.label()} (process {op.process}) read {k}={v}, which only failed "
+                           f"ops wrote ({fw[0].label()} by process {fw[0].process})")
+                    kind = "aborted-read"
+                else:
+                    msg = f"{op.label()} (process {op.process}) read {k}={v}, which no op wrote"
+                    kind = "garbage-read"
+                w = sorted([op, *fw[:3]], key=lambda o: o.call)
+                out.append(Anomaly(kind, obj, (k,), msg, _plain_witness(w, hist)))
+                continue
+            first = min(writers, key=lambda o: o.call)
+            if op.ret is not None and op.ret < first.call:
+                msg = (f"{op.label()} (process {op.process}) read {k}={v} before any write of it "
+                       f"began ({first.label()} by process {first.process} was invoked later)")
+                out.append(Anomaly("future-read", obj, (k,), msg,
+                                   _plain_witness(sorted([op, first], key=lambda o: o.call), hist)))
+    return out
+
+
+def _plain_witness(ops: list[Operation], hist: History) -> Witness:
+    return Witness(ops=ops, history=hist.restrict(ops))
+
+
+# ---------------------------------------------------------------------------------------------
+# partitioning
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class _Part:
+    object: str
+    keys: tuple[str, ...]
+    ops: list[Operation]
+    whole: bool
+
+    def model(self) -> Model:
+        if self.whole:
+            return ObjectModel(self.keys)
+        return RegisterModel(self.keys[0])
+
+
+def _op_keys(op: Operation) -> list[str]:
+    if op.f == "txn":
+        micro = op.result if op.outcome == "ok" else op.arg
+        return [m[1] for m in micro]
+    if op.f == "list":
+        return [k for k, _ in op.result] if op.outcome == "ok" else []
+    return [op.key or ""]
+
+
+def _partition(obj: str, ops: Sequence[Operation]) -> list[_Part]:
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(a: str, b: str) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[rb] = ra
+
+    for op in ops:
+        for k in _op_keys(op):
+            parent.setdefault(k, k)
+    all_keys = sorted(parent, key=lambda k: k.encode())
+    kbytes = [k.encode() for k in all_keys]
+    multi: set[str] = set()
+    loose: list[_Part] = []
+    op_root: list[str | None] = []
+    for op in ops:
+        keys = _op_keys(op)
+        if op.f == "list":
+            b = op.arg if isinstance(op.arg, dict) else {}
+            lo, hi = key_range(start=b.get("start"), start_after=b.get("start_after"),
+                               end=b.get("end"), prefix=b.get("prefix"))
+            keys = keys + [k for k, kb in zip(all_keys, kbytes, strict=True)
+                           if (lo is None or kb >= lo) and (hi is None or kb < hi)]
+        if not keys:
+            op_root.append(None)
+            loose.append(_Part(obj, (), [op], True))
+            continue
+        for k in keys[1:]:
+            union(keys[0], k)
+        op_root.append(keys[0])
+        if op.f in ("list", "txn"):
+            multi.add(keys[0])
+    groups: dict[str, list[Operation]] = defaultdict(list)
+    for op, k in zip(ops, op_root, strict=True):
+        if k is not None:
+            groups[find(k)].append(op)
+    members: dict[str, list[str]] = defaultdict(list)
+    for k in all_keys:
+        members[find(k)].append(k)
+    multi_roots = {find(k) for k in multi}
+    parts = [_Part(obj, tuple(members[r]), g, r in multi_roots or len(members[r]) > 1)
+             for r, g in groups.items()]
+    return parts + loose
+
+
+# ---------------------------------------------------------------------------------------------
+# shrinking and witnesses
+# ---------------------------------------------------------------------------------------------
+def _closed(ops: Sequence[Operation]) -> bool:
+    written = {kv for op in ops if _is_writer(op) for kv in _writes(op)}
+    return all(kv in written for op in ops for kv in _reads(op))
+
+
+def _shrink(part: _Part, budget: int, total: int, deadline: float | None) -> list[Operation]:
+    cur = list(part.ops)
+    spent = 0
+
+    def still_bad(ops: list[Operation]) -> bool:
+        nonlocal spent
+        if not ops or not _closed(ops):
+            return False
+        s = _wgl(ops, _Part(part.object, part.keys, ops, part.whole).model(),
+                 min(budget, max(total - spent, 0)), deadline)
+        spent += s.steps
+        return s.verdict == _ILLEGAL
+
+    chunk = max(len(cur) // 2, 1)
+    while True:
+        i = 0
+        while i < len(cur) and spent < total:
+            cand = cur[:i] + cur[i + chunk:]
+            if still_bad(cand):
+                cur = cand
+            else:
+                i += chunk
+        if chunk == 1 or spent >= total:
+            break
+        chunk = max(chunk // 2, 1)
+    return cur
+
+
+def _explain(ops: list[Operation], part: _Part, hist: History, budget: int) -> Witness:
+    model = _Part(part.object, part.keys, ops, part.whole).model()
+    s = _wgl(ops, model, budget, None, trace=True)
+    linearized = [(ops[i], model.describe(st)) for i, st in s.best]
+    done = {i for i, _ in s.best}
+    state = s.best[-1][1] if s.best else model.init()
+    rest = [op for i, op in enumerate(ops) if i not in done]
+    req = [op.ret for op in rest if op.ret is not None and Model.participates(op)]
+    first_ret = min(req) if req else None
+    frontier: list[tuple[Operation, str]] = []
+    for op in rest:
+        if first_ret is not None and op.call > first_ret:
+            continue
+        nexts = model.compile(op)(state)
+        if not nexts:
+            frontier.append((op, model.why_illegal(state, op)))
+        else:
+            frontier.append((op, "legal here, but nothing can follow it"))
+    return Witness(ops=ops, history=hist.restrict(ops), linearized=linearized,
+                   state=model.describe(state), frontier=frontier)
+
+
+# ---------------------------------------------------------------------------------------------
+# entry points
+# ---------------------------------------------------------------------------------------------
+def _as_history(history: History | str | os.PathLike[str] | Iterable[Event | Mapping[str, Any]]
+                ) -> History:
+    if isinstance(history, History):
+        return history
+    if isinstance(history, str | os.PathLike):
+        return History.load(history)
+    items = list(history)
+    if all(isinstance(x, Event) for x in items):
+        return History([x for x in items if isinstance(x, Event)])
+    return History.from_dicts([x for x in items if isinstance(x, Mapping)])
+
+
+def check_history(
+    history: History | str | os.PathLike[str] | Iterable[Event | Mapping[str, Any]],
+    *,
+    budget: int = DEFAULT_BUDGET,
+    timeout: float | None = None,
+    prechecks: bool = True,
+    shrink: bool = True,
+    shrink_budget: int = 2_000_000,
+) -> CheckResult:
+    """Check *history* for per-object linearizability.
+
+    ``budget`` caps the search steps per partition (exhausted → that partition is
+    ``unknown``); ``timeout`` caps the wall-clock seconds for the whole check. ``prechecks``
+    runs the O(n) read checks first (a partition they condemn is not searched). ``shrink``
+    minimises each failing partition's witness within ``shrink_budget`` total steps.
+    """
+    hist = _as_history(history)
+    t0 = time.monotonic()
+    deadline = None if timeout is None else t0 + timeout
+    by_obj: dict[str, list[Operation]] = defaultdict(list)
+    for op in hist.ops():
+        by_obj[op.object].append(op)
+    partitions: list[PartitionResult] = []
+    anomalies: list[Anomaly] = []
+    for obj, ops in by_obj.items():
+        partitions_obj, anoms = check_ops(obj, ops, hist, budget=budget, deadline=deadline,
+                                          prechecks=prechecks, shrink=shrink,
+                                          shrink_budget=shrink_budget)
+        partitions.extend(partitions_obj)
+        anomalies.extend(anoms)
+    verdict: Verdict = _OK
+    if anomalies:
+        verdict = _ILLEGAL
+    elif any(p.verdict == _UNKNOWN for p in partitions):
+        verdict = _UNKNOWN
+    return CheckResult(verdict, partitions, anomalies, hist, time.monotonic() - t0,
+                       len(hist.ops()), len(by_obj))
+
+
+def check_ops(obj: str, ops: Sequence[Operation], hist: History, *, budget: int = DEFAULT_BUDGET,
+              deadline: float | None = None, prechecks: bool = True, shrink: bool = True,
+              shrink_budget: int = 2_000_000) -> tuple[list[PartitionResult], list[Anomaly]]:
+    """Check the ops of one object; returns its partition results and anomalies."""
+    pre = _prechecks(obj, ops, hist) if prechecks else []
+    condemned: dict[str, Anomaly] = {}
+    for a in pre:
+        for k in a.keys:
+            condemned.setdefault(k, a)
+    results: list[PartitionResult] = []
+    anomalies = list(pre)
+    for part in _partition(obj, [op for op in ops if Model.participates(op)]):
+        model = part.model()
+        hit = next((condemned[k] for k in part.keys if k in condemned), None)
+        if hit is not None:
+            results.append(PartitionResult(obj, part.keys, model.name, len(part.ops), _ILLEGAL,
+                                           anomaly=hit))
+            continue
+        t = time.monotonic()
+        s = _wgl(part.ops, model, budget, deadline)
+        pr = PartitionResult(obj, part.keys, model.name, len(part.ops), s.verdict,  # type: ignore[arg-type]
+                             s.steps, time.monotonic() - t)
+        if s.verdict == _ILLEGAL:
+            ops_w = _shrink(part, budget, shrink_budget, deadline) if shrink else part.ops
+            w = _explain(ops_w, part, hist, budget)
+            msg = _headline(w)
+            pr.anomaly = Anomaly("not-linearizable", obj, part.keys, msg, w)
+            anomalies.append(pr.anomaly)
+        results.append(pr)
+    return results, anomalies
+
+
+def _headline(w: Witness) -> str:
+    bad = [(op, why) for op, why in w.frontier if not why.startswith("legal")]
+    n = len(w.ops)
+    if bad:
+        op, why = bad[0]
+        return f"no linearization of these {n} ops: {why}"
+    return f"no linearization of these {n} ops exists"
