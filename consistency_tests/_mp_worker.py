@@ -1,11 +1,13 @@
 """One OS process of the conformance suite's multi-process test.
 
-Run as ``python -m duro.consistency._mp_worker URL NAMESPACE ID OWNER COMMITS LEASE_SECONDS
-DEADLINE_SECONDS``. The worker opens the backend, prints ``ready``, waits for a line on stdin
-(the start barrier), then repeatedly takes the shared object's lease when it is free, reads the
-counter key, commits ``counter + 1`` under its epoch and releases the lease. It prints one JSON
-line with what happened: the values it committed and how often it met ``LeaseHeld``,
-``Fenced`` or ``BackendUnavailable``.
+Run as ``python -m duro.consistency._mp_worker URL NAMESPACE ID OWNER MAX_COMMITS LEASE_SECONDS
+DURATION_SECONDS HOLD_SECONDS``. The worker opens the backend, prints ``ready`` and waits for a
+line on stdin (the start barrier). Then, for DURATION_SECONDS or until it made MAX_COMMITS, it
+takes the shared object's lease when it is free, reads the counter key, works for up to
+HOLD_SECONDS, commits ``counter + 1`` under its epoch and releases the lease. A lease about as
+short as the work lets others take over mid-cycle, so some commits are fenced: that is the
+point. At the end it prints one JSON line: the values it committed and how often it met
+``LeaseHeld``, ``Fenced`` or ``BackendUnavailable``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ COUNTER_KEY = b"counter"
 
 
 def _run(url: str, ref: ObjectRef, owner: str, commits: int, lease_s: float,
-         deadline_s: float) -> dict[str, Any]:
+         duration_s: float, hold_s: float) -> dict[str, Any]:
     stats: dict[str, Any] = {"owner": owner, "committed": [], "lease_held": 0, "fenced": 0,
                              "unavailable": 0, "unavailable_messages": []}
 
@@ -38,7 +40,7 @@ def _run(url: str, ref: ObjectRef, owner: str, commits: int, lease_s: float,
     try:
         print("ready", flush=True)
         sys.stdin.readline()
-        stop = time.monotonic() + deadline_s
+        stop = time.monotonic() + duration_s
         while len(stats["committed"]) < commits and time.monotonic() < stop:
             now = time.time()
             try:
@@ -54,6 +56,7 @@ def _run(url: str, ref: ObjectRef, owner: str, commits: int, lease_s: float,
             try:
                 raw = backend.get_many(ref, [COUNTER_KEY]).get(COUNTER_KEY)
                 value = int(raw) + 1 if raw is not None else 1
+                time.sleep(random.uniform(0.0, hold_s))  # work while holding the lease
                 backend.commit(ref, lease.epoch, Batch(puts={COUNTER_KEY: str(value).encode()}))
                 stats["committed"].append(value)
             except Fenced:
@@ -71,9 +74,9 @@ def _run(url: str, ref: ObjectRef, owner: str, commits: int, lease_s: float,
 
 def main(argv: list[str]) -> int:
     """Entry point; see the module docstring for the arguments."""
-    url, namespace, oid, owner, commits, lease_s, deadline_s = argv
+    url, namespace, oid, owner, commits, lease_s, duration_s, hold_s = argv
     stats = _run(url, ObjectRef(namespace, oid), owner, int(commits), float(lease_s),
-                 float(deadline_s))
+                 float(duration_s), float(hold_s))
     print(json.dumps(stats), flush=True)
     return 0
 

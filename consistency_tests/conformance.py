@@ -835,8 +835,9 @@ class BackendConformance:
 
     def test_processes_read_modify_write_one_counter(self, backend: Backend,
                                                      backend_url: str) -> None:
-        """4 OS processes take turns on one object's lease and increment its counter.
+        """4 OS processes take turns on one object's lease, incrementing one counter.
 
+        Leases are about as short as the work, so owners lose them mid-cycle and get fenced.
         Every increment that a process saw committed is in the final count exactly once (no
         lost update, no double apply), and no process met ``BackendUnavailable`` (e.g.
         "database is locked").
@@ -846,12 +847,15 @@ class BackendConformance:
         from duro.consistency._mp_worker import COUNTER_KEY
 
         ref = make_ref("Processes", "counter")
-        commits = examples_for(backend_url, 15)
+        # a lease about as long as the work (HOLD) lets others take over mid-cycle, so some
+        # commits are fenced; s3 round trips through moto take milliseconds, so it gets more
+        slow = BackendURL.parse(backend_url).scheme == "s3"
+        lease, duration, hold = ("0.1", "3", "0.05") if slow else ("0.004", "1.5", "0.004")
         env = dict(os.environ)
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "duro.consistency._mp_worker", backend_url,
-                 ref.namespace, ref.id, f"proc-{i}", str(commits), "0.5", "60"],
+                 ref.namespace, ref.id, f"proc-{i}", "1000", lease, duration, hold],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 text=True, env=env,
             )
@@ -883,7 +887,7 @@ class BackendConformance:
                    | {"commits": len(r["committed"])} for r in results}
         assert [m for r in results for m in r["unavailable_messages"]] == [], summary
         assert sum(r["unavailable"] for r in results) == 0, summary
-        assert committed, summary
+        assert sum(1 for r in results if r["committed"]) >= 2, summary  # they did take turns
         raw = backend.get_many(ref, [COUNTER_KEY]).get(COUNTER_KEY)
         assert raw is not None and int(raw) == len(committed), summary
         # each acknowledged increment produced a distinct value: 1, 2, ..., n
