@@ -176,7 +176,7 @@ class Storage(_Reader):
         self._stats.cache_hits += len(keys) - len(missing)
         if missing:
             self._stats.cache_misses += len(missing)
-            rows = await self._inst.read(self._inst.backend.get_many, missing)
+            rows = await self._inst.read(self._inst.backend.get_many, self._inst.ref, missing)
             for k in missing:
                 # A write made while the read was in flight wins over what was read.
                 v = cache.get(k, _MISSING)
@@ -243,7 +243,8 @@ class Storage(_Reader):
             got: list[tuple[bytes, bytes]] = []
             if not pending.clear:
                 got = await self._inst.read(
-                    self._inst.backend.scan, lo, hi, reverse=reverse, limit=backend_limit
+                    self._inst.backend.scan, self._inst.ref, lo, hi, reverse=reverse,
+                    limit=backend_limit,
                 )
             # Writes made meanwhile are in the cache; recompute the overlay after the read.
             pending = self._pending()
@@ -352,7 +353,7 @@ class Storage(_Reader):
             return v is not None and v is not _MISSING
         if self._pending().clear:
             return False
-        fut = asyncio.ensure_future(self._inst.read(self._inst.backend.get_many, [k]))
+        fut = asyncio.ensure_future(self._inst.read(self._inst.backend.get_many, self._inst.ref, [k]))
         exists: asyncio.Future[bool] = asyncio.ensure_future(_contains(fut, k))
         self._prereads.append(exists)
         return exists
@@ -474,7 +475,7 @@ class Storage(_Reader):
         except BaseException as exc:  # noqa: BLE001 - every failure resets the object
             self._flush_task = None
             self._inflight = None
-            self.break_(exc)
+            self._inst.reset(exc)
             if not isinstance(exc, Exception):
                 raise
             return

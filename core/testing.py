@@ -9,18 +9,22 @@ Fixtures:
 - ``duro_s3_endpoint``: a serialized moto S3 server on 127.0.0.1 (session-scoped) with a
   bucket ``duro-test`` and dummy credentials.
 - ``duro_clock``: a :class:`~duro.clock.ManualClock` that tests advance by hand.
+- ``duro_app_factory``: ``make(**options) -> App``, an isolated, not yet started App on the
+  test backend using ``duro_clock``; use it as ``async with make() as app``. Pass
+  ``backend=`` to wrap or replace the backend, ``clock=None`` for the real clock.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pytest
 
+from duro.app import App
 from duro.backends import Backend, open_backend
 from duro.clock import ManualClock
 
@@ -110,3 +114,16 @@ def duro_backend(duro_backend_url: str) -> Iterator[Backend]:
 def duro_clock() -> ManualClock:
     """A manual clock; call ``advance(seconds)`` to move time."""
     return ManualClock()
+
+
+@pytest.fixture
+def duro_app_factory(duro_backend_url: str, duro_clock: ManualClock) -> Callable[..., App]:
+    """``make(**options)``: an App on the test backend with the manual clock, not started."""
+
+    def make(**options: Any) -> App:
+        options.setdefault("backend", duro_backend_url)
+        options.setdefault("clock", duro_clock)
+        options.setdefault("listen", None)
+        return App(**options)
+
+    return make

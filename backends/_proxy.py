@@ -1,0 +1,93 @@
+"""A backend that delegates to another: the base for fault injection and call counting.
+
+Subclass it and override what to disturb; tests and the consistency suite use it to hold
+commits open, inject failures or count calls without touching the real backend's code.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from duro.backends.base import Backend, BackendURL, Batch, Lease, ObjectInfo, ObjectRef
+
+__all__ = ["CountingBackend", "ProxyBackend"]
+
+
+class ProxyBackend(Backend):
+    """Forwards every call to *inner*; capability flags follow *inner*."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.persistent = inner.persistent  # type: ignore[misc]
+        self.multi_process = inner.multi_process  # type: ignore[misc]
+        self.multi_host = inner.multi_host  # type: ignore[misc]
+
+    @classmethod
+    def from_url(cls, url: BackendURL) -> Backend:
+        raise NotImplementedError("wrap an open backend: ProxyBackend(open_backend(url))")
+
+    def acquire(self, ref: ObjectRef, *, owner: str, address: str | None, now: float,
+                until: float, name: str | None = None) -> Lease:
+        return self.inner.acquire(ref, owner=owner, address=address, now=now, until=until,
+                                  name=name)
+
+    def renew(self, ref: ObjectRef, epoch: int, until: float) -> None:
+        self.inner.renew(ref, epoch, until)
+
+    def release(self, ref: ObjectRef, epoch: int) -> None:
+        self.inner.release(ref, epoch)
+
+    def read_lease(self, ref: ObjectRef) -> Lease | None:
+        return self.inner.read_lease(ref)
+
+    def get_many(self, ref: ObjectRef, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        return self.inner.get_many(ref, keys)
+
+    def scan(self, ref: ObjectRef, lo: bytes | None, hi: bytes | None, *, reverse: bool = False,
+             limit: int | None = None) -> list[tuple[bytes, bytes]]:
+        return self.inner.scan(ref, lo, hi, reverse=reverse, limit=limit)
+
+    def get_alarm(self, ref: ObjectRef) -> float | None:
+        return self.inner.get_alarm(ref)
+
+    def commit(self, ref: ObjectRef, epoch: int, batch: Batch) -> None:
+        self.inner.commit(ref, epoch, batch)
+
+    def delete_object(self, ref: ObjectRef, epoch: int) -> None:
+        self.inner.delete_object(ref, epoch)
+
+    def due_alarms(self, now: float, limit: int = 100) -> list[tuple[ObjectRef, float]]:
+        return self.inner.due_alarms(now, limit)
+
+    def list_objects(self, namespace: str, *, after: str | None = None,
+                     limit: int = 100) -> list[ObjectInfo]:
+        return self.inner.list_objects(namespace, after=after, limit=limit)
+
+    def namespaces(self) -> list[str]:
+        return self.inner.namespaces()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class CountingBackend(ProxyBackend):
+    """Counts calls per method name in ``calls``."""
+
+    def __init__(self, inner: Backend) -> None:
+        super().__init__(inner)
+        self.calls: Counter[str] = Counter()
+
+    def __getattribute__(self, name: str) -> Any:
+        attr = super().__getattribute__(name)
+        if callable(attr) and not name.startswith("_") and name in _METHODS:
+            super().__getattribute__("calls")[name] += 1
+        return attr
+
+
+_METHODS = frozenset(
+    {"acquire", "renew", "release", "read_lease", "get_many", "scan", "get_alarm", "commit",
+     "delete_object", "due_alarms", "list_objects", "namespaces"}
+)
