@@ -133,6 +133,10 @@ def _describe(exc: lmdb.Error) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+class _Resized(Exception):
+    """Another process grew the map while this one was opening the environment."""
+
+
 class _Env:
     """One open LMDB environment in this process: handles, writer thread, resize gate."""
 
@@ -157,11 +161,23 @@ class _Env:
             raise BackendError(f"the LMDB environment in {path} is unusable: {_describe(exc)}",
                                orig=exc) from exc
         except lmdb.Error as exc:
+            if "already open" in str(exc):
+                raise ConfigError(
+                    f"the LMDB environment in {path} is already open in this process outside "
+                    "duro, or was open in the process this one was forked from; LMDB cannot "
+                    "open one environment twice in a process: open lmdb:// backends only "
+                    "after fork (or use the 'spawn' or 'forkserver' start method)",
+                    orig=exc) from exc
             raise ConfigError(f"cannot open an LMDB environment in {path}: {exc} (is the "
                               f"directory writable and on a local file system?)",
                               orig=exc) from exc
         try:
+            self.env.reader_check()  # free slots of dead processes before our first read
             self._open_dbs()
+        except lmdb.Error as exc:
+            self.env.close()
+            raise BackendError(f"cannot open the LMDB environment in {path}: {_describe(exc)}",
+                               orig=exc) from exc
         except BaseException:
             self.env.close()
             raise
@@ -169,7 +185,6 @@ class _Env:
         self._active = 0
         self._resizing = False
         self._last_reader_check = time.monotonic()
-        self.env.reader_check()
         self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._writer_ident = 0
         self._thread = threading.Thread(target=self._run, name=f"duro-lmdb-writer:{path}",
@@ -179,6 +194,15 @@ class _Env:
     # -- opening ---------------------------------------------------------------------------
 
     def _open_dbs(self) -> None:
+        for _ in range(8):
+            try:
+                self._open_dbs_once()
+                return
+            except _Resized:
+                self.env.set_mapsize(0)  # another process grew the map; nothing is open yet
+        raise BackendUnavailable(f"LMDB environment {self.path} kept changing size; retry")
+
+    def _open_dbs_once(self) -> None:
         try:
             with self.env.begin() as txn:
                 names = [k for k, _ in txn.cursor()]
@@ -189,13 +213,16 @@ class _Env:
                         self._create(txn)
                         names = list(_DB_NAMES)
             self._check_foreign(names)
+            # Handles opened in a read transaction die with it in py-lmdb: open them outside.
+            dbs = [self.env.open_db(n, create=False) for n in _DB_NAMES]
+            self.meta, self.objects, self.kv, self.alarms, self.nss = dbs
             with self.env.begin() as txn:
-                dbs = [self.env.open_db(n, txn=txn, create=False) for n in _DB_NAMES]
-                self.meta, self.objects, self.kv, self.alarms, self.nss = dbs
                 fmt = txn.get(b"format", db=self.meta)
                 head = txn.get(b"key_head", db=self.meta)
         except DuroError:
             raise
+        except lmdb.MapResizedError as exc:
+            raise _Resized from exc
         except lmdb.Error as exc:
             raise ConfigError(f"{self.path} holds an LMDB environment duro cannot use "
                               f"({_describe(exc)}); refusing to touch it", orig=exc) from exc
