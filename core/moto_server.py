@@ -87,7 +87,7 @@ class MotoServer:
         )
         from werkzeug.serving import make_server
 
-        class QuietHandler(MotoRequestHandler):  # type: ignore[misc]
+        class QuietHandler(MotoRequestHandler):
             def log_request(self, *args: object, **kwargs: object) -> None:
                 pass  # one line per request would drown test output
 
@@ -96,7 +96,6 @@ class MotoServer:
         self._server = make_server(
             host, port, self._app, threaded=True, request_handler=QuietHandler
         )
-        self._server.daemon_threads = True
         self.host: str = host
         self.port: int = int(self._server.server_address[1])
         self._thread = threading.Thread(
