@@ -25,11 +25,15 @@ if TYPE_CHECKING:
     from duro.ids import ObjectId
     from duro.transport import Transport
 
-__all__ = ["App", "AppConfig"]
+__all__ = ["App", "AppClosing", "AppConfig"]
 
 log = logging.getLogger("duro")
 T = TypeVar("T")
 D = TypeVar("D", bound=DurableObject)
+
+
+class AppClosing(ObjectReset):
+    """The App is not open: a call was refused before it started."""
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,7 @@ class App:
 
     def _check_open(self) -> None:
         if self._state != "open":
-            raise ObjectReset(f"the App is {self._state}; it takes no calls")
+            raise AppClosing(f"the App is {self._state}; it takes no calls")
 
     @property
     def backend(self) -> Backend:
@@ -198,17 +202,22 @@ class App:
     async def _forward(self, where: Elsewhere, ns: Namespace[Any], oid: ObjectId, method: str,
                        payload: bytes, chain: Chain, hops: int) -> bytes | None:
         """Send a call to the owning process; ``None`` if it is gone and its lease has ended."""
+        from duro.transport import OwnerUnreachable
+
         assert self._transport is not None
-        reply = await self._transport.forward(where.address, ns.name, oid, method, payload,
-                                              chain, hops + 1)
-        if reply is not None:
-            ns._retired.forwarded += 1
-            return reply
-        # Unreachable owner: it cannot be asked, and its lease must run out before we take over.
-        wait = where.until + self.config.drift_margin - self.clock.time()
-        if wait > 0:
-            await self.clock.sleep(min(wait, 1.0))
-        return None
+        try:
+            reply = await self._transport.forward(where.address, ns.name, oid, method, payload,
+                                                  chain, hops + 1)
+        except OwnerUnreachable as gone:
+            if gone.moving:  # the owner is closing: it releases the lease in a moment
+                await self.clock.sleep(0.02)
+                return None
+            # A dead owner cannot be asked; its lease must run out before anyone takes over.
+            wait = where.until + self.config.drift_margin - self.clock.time()
+            await self.clock.sleep(min(max(wait, 0.01), 1.0))
+            return None
+        ns._retired.forwarded += 1
+        return reply
 
     async def _serve_forwarded(self, ns_name: str, hex_id: str, name: str | None, method: str,
                                payload: bytes, chain: Chain, hops: int) -> bytes:

@@ -218,7 +218,9 @@ class Instance:
         """Wait until every write so far is durable and the lease is valid (output gate)."""
         await self.storage.sync()
         if self.app.clock.monotonic() >= self._lease_valid_until:
-            await self.renew()
+            renewing = self._renew_soon()
+            if renewing is not None:
+                await asyncio.shield(renewing)
             if self._broken is not None:
                 raise ObjectReset(f"object was reset: {self._broken}")
 
@@ -229,6 +231,11 @@ class Instance:
     async def _run(self) -> None:
         try:
             while self._queue and self._broken is None:
+                if self.app.clock.monotonic() >= self._lease_valid_until:
+                    renewing = self._renew_soon()  # never serve from a cache we may not own
+                    if renewing is not None:
+                        await asyncio.shield(renewing)
+                    continue
                 if self._gate_holders or self.storage.dirty_bytes > self.storage._limits.dirty_bytes:
                     self.stats.gate_waits += 1
                     await self._wait_gate()
@@ -289,9 +296,10 @@ class Instance:
         """Whether the lease stops being valid within *within* seconds."""
         return self.app.clock.monotonic() + within >= self._lease_valid_until
 
-    def _renew_soon(self) -> None:
+    def _renew_soon(self) -> asyncio.Task[None] | None:
         if self._renewing is None and self._broken is None:
             self._renewing = asyncio.ensure_future(self.renew())
+        return self._renewing
 
     async def renew(self) -> None:
         """Renew the lease (epoch-checked); on ``Fenced`` reset the instance."""

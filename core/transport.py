@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from duro.ids import ObjectId
     from duro.instance import Chain
 
-__all__ = ["Transport", "parse_address"]
+__all__ = ["OwnerUnreachable", "Transport", "parse_address"]
 
 _CONTENT_TYPE = "application/x-duro-call"
 
@@ -40,6 +40,14 @@ def parse_address(address: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"listen address {address!r} must look like '127.0.0.1:0' (host:port)")
     return host.strip("[]"), int(port)
+
+
+class OwnerUnreachable(Exception):  # noqa: N818 - internal signal
+    """Nothing answers at the owner's address, or the owner is handing its objects over."""
+
+    def __init__(self, moving: bool) -> None:
+        super().__init__("moving" if moving else "unreachable")
+        self.moving = moving
 
 
 class _Server(uvicorn.Server):
@@ -96,19 +104,24 @@ class Transport:
             await self._client.aclose()
 
     async def _handle(self, request: Request) -> Response:
+        from duro.app import AppClosing
+
         body = await request.body()
         try:
             msg: dict[str, Any] = msgpack.unpackb(body)
             reply = await self._app._serve_forwarded(
                 msg["ns"], msg["id"], msg.get("name"), msg["method"], msg["payload"],
                 tuple(tuple(c) for c in msg["chain"]), msg["hops"])
+        except AppClosing:
+            # The call did not start here: the caller retries at the next owner.
+            return Response(b"", status_code=503, headers={"x-duro-moving": "1"})
         except Exception as exc:  # noqa: BLE001 - every error is a reply
             reply = pack_error(exc)
         return Response(reply, media_type=_CONTENT_TYPE)
 
     async def forward(self, address: str, ns: str, oid: ObjectId, method: str, payload: bytes,
-                      chain: Chain, hops: int) -> bytes | None:
-        """POST a call to the owner at *address*; ``None`` if nothing listens there."""
+                      chain: Chain, hops: int) -> bytes:
+        """POST a call to the owner at *address*; :class:`OwnerUnreachable` if it cannot take it."""
         assert self._client is not None
         body = msgpack.packb({"ns": ns, "id": oid.hex, "name": oid.name, "method": method,
                               "payload": payload, "chain": [list(c) for c in chain],
@@ -117,13 +130,15 @@ class Transport:
             resp = await self._client.post(f"http://{address}/_duro/call", content=body,
                                            headers={"content-type": _CONTENT_TYPE})
         except httpx.ConnectError:
-            return None
+            raise OwnerUnreachable(moving=False) from None
         except httpx.TimeoutException as exc:
             raise CallTimeout(f"the owner at {address} did not answer in time; the outcome "
                               "is unknown", orig=exc) from exc
         except httpx.HTTPError as exc:
             raise BackendUnavailable(f"lost the connection to the owner at {address}; the "
                                      "outcome is unknown", orig=exc) from exc
+        if resp.status_code == 503 and resp.headers.get("x-duro-moving"):
+            raise OwnerUnreachable(moving=True)
         if resp.status_code != 200:
             raise BackendUnavailable(f"the owner at {address} answered HTTP {resp.status_code}")
         return resp.content
