@@ -32,6 +32,9 @@ T = TypeVar("T")
 D = TypeVar("D", bound=DurableObject)
 
 
+UNSAFE_FLAGS = frozenset({"skip_lease_check", "ack_before_durable", "drop_coalesced_write"})
+
+
 class AppClosing(ObjectReset):
     """The App is not open: a call was refused before it started."""
 
@@ -50,6 +53,16 @@ class AppConfig:
     alarm_max_retries: int = 6
     io_threads: int = 16
     storage_limits: StorageLimits = field(default_factory=StorageLimits)
+    unsafe: frozenset[str] = frozenset()
+    """Test-only mutations that break duro on purpose, so the consistency suite can prove it
+    catches them: ``skip_lease_check``, ``ack_before_durable``, ``drop_coalesced_write``."""
+
+    def __post_init__(self) -> None:
+        bad = set(self.unsafe) - UNSAFE_FLAGS
+        if bad:
+            raise ConfigError(f"unknown unsafe flag(s) {sorted(bad)}; known: {sorted(UNSAFE_FLAGS)}")
+        if self.lease_ttl <= self.drift_margin:
+            raise ConfigError("lease_ttl must be greater than drift_margin")
 
 
 class App:

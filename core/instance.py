@@ -78,6 +78,8 @@ class Instance:
         self.stats = ObjectStats(activations=1)
         cfg = self.app.config
         self._lease_valid_until = sent_at + cfg.lease_ttl - cfg.drift_margin
+        if "skip_lease_check" in cfg.unsafe:  # mutant: serve after losing the lease
+            self._lease_valid_until = float("inf")
         self.storage = Storage(self, cfg.storage_limits, alarm, preload)
         self.ctx = Context(self)
         self.obj: DurableObject | None = None
@@ -97,6 +99,7 @@ class Instance:
         self._alarm_running: float | None = None
         self._alarm_set_in_run = False
         self.last_active = self.app.clock.monotonic()
+        self._ack_early = "ack_before_durable" in cfg.unsafe
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -288,6 +291,9 @@ class Instance:
                 self._lease_waiters.append((fut, out))
                 self._renew_soon()
 
+        if self._ack_early:  # mutant: release outputs before their writes are durable
+            gate_open(None)
+            return
         self.storage.after_durable(self.storage.write_seq, gate_open)
 
     # -- lease ----------------------------------------------------------------------------------

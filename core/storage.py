@@ -156,6 +156,7 @@ class Storage(_Reader):
         self._waiters: list[tuple[int, int, Callable[[BaseException | None], None]]] = []
         self._broken: BaseException | None = None
         self._stats = inst.stats
+        self._drop_one = "drop_coalesced_write" in inst.app.config.unsafe
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -460,6 +461,8 @@ class Storage(_Reader):
                 self._wake(None)
             return
         batch_over, self._dirty = self._dirty, _Overlay()
+        if self._drop_one and len(batch_over.writes) > 1:  # mutant: lose a coalesced write
+            batch_over.writes.pop(next(iter(batch_over.writes)))
         self._dirty_bytes = 0
         self._inflight = batch_over
         prereads, self._prereads = self._prereads, []
