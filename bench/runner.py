@@ -1,0 +1,905 @@
+"""The benchmark runner: plans the sweep and the target runs, drives duro and the baselines.
+
+Every duro run opens a fresh :class:`duro.App`, loads its data through a first App, then
+activates every object before the clock starts, so only steady-state calls are timed.
+Baselines (:mod:`duro.bench.baselines`) run in the same process, on the same disk, with the
+same op stream, one operation per transaction, from one thread.
+
+Embedded backends (sqlite, lmdb) get fresh files per run under ``config.data_dir``; a
+``--backend`` URL given by the user is used as it is, each run in its own namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from duro.backends.base import BackendURL
+from duro.bench.baselines import (
+    DiskCachePeer,
+    RawLMDB,
+    RawS3,
+    RawSQLite,
+    RawStore,
+    remove_tree,
+    run_sync_ops,
+    time_sync_loop,
+)
+from duro.bench.hdr import Histogram
+from duro.bench.report import (
+    Measurement,
+    Report,
+    Result,
+    Target,
+    filesystem_type,
+    machine_info,
+    versions,
+)
+from duro.bench.workloads import (
+    SWEEP_WORKLOADS,
+    WORKLOADS,
+    Op,
+    OpStream,
+    Workload,
+    key_name,
+    payload,
+    payload_ring,
+)
+
+__all__ = [
+    "BackendSpec",
+    "BenchConfig",
+    "Runner",
+    "Step",
+    "drive_async",
+    "run_bench",
+]
+
+DEFAULT_DATA_ROOT: Final = Path(".duro-bench")
+S3_BUCKET: Final = "duro-bench"
+LOAD_CHUNK: Final = 256
+OP_POOL: Final = 4096
+PAIRED_SLICES: Final = 4
+PAD_COUNT: Final = 1500
+PAD_SIZE: Final = 4000
+"""Before timing, every file store writes and deletes ~6 MB (more than SQLite's 4 MB WAL
+autocheckpoint): fsync costs far more while a file still grows than once it is reused in place."""
+TARGET_VALUE: Final = 100
+S3_MIN_DURATION: Final = 2.0
+
+GROUP_COMMIT: Final = Workload("group-commit", "64 callers, read-modify-write, one object",
+                               (("rmw", 1.0),), distribution="uniform")
+WRITES: Final = Workload("writes", "durable puts", (("put", 1.0),), distribution="uniform")
+
+
+@dataclass(slots=True)
+class BenchConfig:
+    """What to run. :meth:`quick` and :meth:`full` are the presets ``duro bench`` uses."""
+
+    backends: list[str] = field(default_factory=list)
+    workloads: list[str] = field(default_factory=lambda: list(SWEEP_WORKLOADS))
+    targets: bool = True
+    clients: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
+    objects: list[int] = field(default_factory=lambda: [1, 16])
+    value_sizes: list[int] = field(default_factory=lambda: [100, 4096])
+    records: int = 1000
+    s3_records: int = 20
+    fan_out_objects: int = 256
+    scan_length: int = 10
+    duration: float = 2.0
+    max_ops: int = 1_000_000
+    target_duration: float = 2.0
+    s3: bool = False
+    s3_latency: float = 0.05
+    data_dir: Path = field(default_factory=lambda: DEFAULT_DATA_ROOT)
+    keep_data: bool = False
+    seed: int = 1
+    quick: bool = False
+    step_timeout: float = 300.0
+
+    @classmethod
+    def quick_preset(cls, **overrides: Any) -> BenchConfig:
+        """Short runs over a small sweep: under a minute on sqlite + lmdb."""
+        base = cls(clients=[1, 64], objects=[1], value_sizes=[100], records=200,
+                   fan_out_objects=32, duration=0.4, max_ops=50_000, target_duration=0.6,
+                   quick=True, step_timeout=120.0)
+        for k, v in overrides.items():
+            setattr(base, k, v)
+        return base
+
+    @classmethod
+    def full_preset(cls, **overrides: Any) -> BenchConfig:
+        """The full sweep (several minutes)."""
+        base = cls()
+        for k, v in overrides.items():
+            setattr(base, k, v)
+        return base
+
+    def to_json(self) -> dict[str, Any]:
+        """The report's ``config`` (no paths of this machine)."""
+        return {
+            "workloads": list(self.workloads),
+            "targets": self.targets,
+            "clients": list(self.clients),
+            "objects": list(self.objects),
+            "value_sizes": list(self.value_sizes),
+            "records_per_object": self.records,
+            "s3_records_per_object": self.s3_records,
+            "fan_out_objects": self.fan_out_objects,
+            "scan_length": self.scan_length,
+            "duration_s": self.duration,
+            "max_ops": self.max_ops,
+            "target_duration_s": self.target_duration,
+            "s3_latency_s": self.s3_latency if self.s3 else None,
+            "seed": self.seed,
+            "quick": self.quick,
+            "key_distribution": "zipfian(0.99) for ycsb-*, uniform otherwise",
+            "baselines": "same op stream, one thread, one operation per transaction",
+        }
+
+
+@dataclass(slots=True)
+class BackendSpec:
+    """One backend under test: a label, its kind and sync level, and how to get a URL."""
+
+    label: str
+    kind: str
+    sync: str
+    url: str | None = None
+    """A fixed URL (given by the user); ``None`` means fresh files per run in the data dir."""
+    raw_dir: Path | None = None
+    """Where this backend's raw baseline files go (same disk as its data)."""
+
+    @classmethod
+    def from_url(cls, url: str, data_dir: Path) -> BackendSpec:
+        """A spec for a user-given URL."""
+        parsed = BackendURL.parse(url)
+        kind = parsed.scheme.split("+", 1)[0]
+        sync = parsed.options.get("sync", "full")
+        raw_dir = data_dir
+        if kind in ("sqlite", "lmdb") and parsed.path:
+            raw_dir = (Path(parsed.path).absolute().parent
+                       / f".duro-bench-raw-{uuid.uuid4().hex[:8]}")
+        return cls(label=_label(kind, sync), kind=kind, sync=sync, url=url, raw_dir=raw_dir)
+
+    @classmethod
+    def embedded(cls, kind: str, sync: str = "full") -> BackendSpec:
+        """A spec for fresh sqlite/lmdb files (or ``memory://``) per run."""
+        return cls(label=_label(kind, sync), kind=kind, sync=sync)
+
+    def case_url(self, case_dir: Path) -> str:
+        """The URL a run in *case_dir* uses."""
+        if self.url is not None:
+            return self.url
+        if self.kind == "memory":
+            return "memory://"
+        case_dir.mkdir(parents=True, exist_ok=True)
+        name = "duro.db" if self.kind == "sqlite" else "duro.lmdb"
+        return f"{self.kind}:///{case_dir.absolute()}/{name}?sync={self.sync}"
+
+    @property
+    def fresh(self) -> bool:
+        """Whether each run gets fresh files."""
+        return self.url is None
+
+    @property
+    def has_baseline(self) -> bool:
+        """Whether a raw-store baseline exists for this kind."""
+        return self.kind in ("sqlite", "lmdb", "s3")
+
+
+def _label(kind: str, sync: str) -> str:
+    if kind in ("memory", "s3") or sync == "full":
+        return kind
+    return f"{kind} sync={sync}"
+
+
+@dataclass(slots=True)
+class Step:
+    """One unit of the plan: a description for the progress bar and what to run."""
+
+    description: str
+    run: Callable[[], Awaitable[None]]
+
+
+async def drive_async(
+    pools: list[list[Op]],
+    call: Callable[[int, Op], Awaitable[object]],
+    *,
+    duration: float,
+    max_ops: int,
+    ops_per_call: int = 1,
+) -> Measurement:
+    """Run one task per op pool (a client), each awaiting ``call(client, op)`` in turn.
+
+    Stops at *duration* seconds or after *max_ops* ops in total; every call's latency (divided
+    by *ops_per_call* for in-object loops) goes into one merged histogram.
+    """
+    budget = [max_ops]
+    clock = time.perf_counter_ns
+    deadline = time.perf_counter() + duration
+
+    async def client(index: int, pool: list[Op]) -> tuple[Histogram, int]:
+        hist = Histogram()
+        size = len(pool)
+        i = ops = 0
+        while budget[0] > 0:
+            budget[0] -= ops_per_call
+            op = pool[i % size]
+            i += 1
+            t0 = clock()
+            await call(index, op)
+            elapsed = clock() - t0
+            if ops_per_call == 1:
+                hist.record(elapsed)
+            else:
+                per_op = elapsed // ops_per_call
+                for _ in range(ops_per_call):
+                    hist.record(per_op)
+            ops += ops_per_call
+            if time.perf_counter() >= deadline:
+                break
+        return hist, ops
+
+    start = time.perf_counter()
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(client(i, pool)) for i, pool in enumerate(pools)]
+    seconds = time.perf_counter() - start
+    total = Histogram()
+    ops = 0
+    for task in tasks:
+        hist, n = task.result()
+        total.merge(hist)
+        ops += n
+    return Measurement(ops, seconds, total)
+
+
+class Runner:
+    """Plans and runs one benchmark, producing a :class:`~duro.bench.report.Report`."""
+
+    def __init__(self, config: BenchConfig) -> None:
+        self.config = config
+        self.results: list[Result] = []
+        self.run_dir = config.data_dir / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        self._created_root = not config.data_dir.exists()
+        self._baselines: dict[tuple[Any, ...], Measurement | None] = {}
+        self._baseline_names: dict[tuple[Any, ...], str] = {}
+        self._pending: list[tuple[Result, tuple[Any, ...]]] = []
+        self._case = 0
+        self._moto: Any = None
+        self._env_set: list[str] = []
+        unknown = [w for w in config.workloads if w not in WORKLOADS]
+        if unknown:
+            raise ValueError(f"unknown workload(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(SWEEP_WORKLOADS)}")
+        self.specs = self._specs()
+
+    # ---------------------------------------------------------------- setup and teardown
+
+    def _specs(self) -> list[BackendSpec]:
+        cfg = self.config
+        if cfg.backends:
+            specs = [BackendSpec.from_url(u, self.run_dir) for u in cfg.backends]
+        else:
+            specs = [BackendSpec.embedded("sqlite"), BackendSpec.embedded("lmdb")]
+        if cfg.s3 and not any(s.kind == "s3" for s in specs):
+            specs.append(BackendSpec(label="s3", kind="s3", sync="full"))
+        return specs
+
+    def _start_moto(self) -> None:
+        from duro.moto_server import start_moto_server
+
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            if name not in os.environ:
+                os.environ[name] = "testing"
+                self._env_set.append(name)
+        self._moto = start_moto_server(host="127.0.0.1", port=0, latency=self.config.s3_latency)
+        self._moto.create_bucket(S3_BUCKET)
+        prefix = f"run-{uuid.uuid4().hex[:8]}"
+        url = f"s3://{S3_BUCKET}/{prefix}?endpoint_url={self._moto.endpoint}&region=us-east-1"
+        for spec in self.specs:
+            if spec.kind == "s3" and spec.url is None:
+                spec.url = url
+
+    def _cleanup(self) -> None:
+        if self._moto is not None:
+            self._moto.stop()
+            self._moto = None
+        for name in self._env_set:
+            os.environ.pop(name, None)
+        if not self.config.keep_data:
+            remove_tree(self.run_dir)
+            for spec in self.specs:
+                if spec.url is not None and spec.raw_dir is not None and spec.kind != "s3":
+                    remove_tree(spec.raw_dir)
+            if self._created_root:
+                with contextlib.suppress(OSError):
+                    self.config.data_dir.rmdir()
+
+    def _case_dir(self, tag: str) -> Path:
+        self._case += 1
+        return self.run_dir / f"{self._case:03d}-{tag}"
+
+    def _namespace(self) -> str:
+        return f"bench_{self._case:03d}_{uuid.uuid4().hex[:6]}"
+
+    # ---------------------------------------------------------------- baselines
+
+    def _raw_path(self, spec: BackendSpec, tag: str) -> Path:
+        """A fresh directory for a baseline's files, on the same disk as *spec*'s data."""
+        root = (spec.raw_dir or self.run_dir) if not spec.fresh else self.run_dir
+        return root / f"raw-{tag}-{uuid.uuid4().hex[:6]}"
+
+    def _raw_store(self, spec: BackendSpec, tag: str) -> RawStore:
+        path = self._raw_path(spec, tag)
+        store: RawStore
+        if spec.kind in ("sqlite", "lmdb"):
+            store = (RawSQLite(path / "raw.db", spec.sync) if spec.kind == "sqlite"
+                     else RawLMDB(path / "raw.lmdb", spec.sync))
+            store.pad(PAD_COUNT, PAD_SIZE)
+            return store
+        if spec.kind == "s3":
+            url = spec.url or ""
+            parsed = BackendURL.parse(url)
+            return RawS3(parsed.netloc, parsed.path,
+                         endpoint_url=parsed.options.get("endpoint_url")
+                         or os.environ.get("AWS_ENDPOINT_URL"),
+                         region=parsed.options.get("region", "us-east-1"))
+        raise ValueError(f"no raw baseline for {spec.kind}")
+
+    @staticmethod
+    def _discard(store: RawStore) -> None:
+        store.close()
+        path = getattr(store, "path", None)
+        if isinstance(path, Path):
+            remove_tree(path.parent)
+
+    # ---------------------------------------------------------------- duro side
+
+    def _records(self, spec: BackendSpec) -> int:
+        return min(self.config.records, self.config.s3_records) if spec.kind == "s3" \
+            else self.config.records
+
+    async def _load(self, ns: Any, names: list[str], records: int, value: bytes) -> None:
+        async def one(name: str) -> None:
+            stub = ns.get_by_name(name)
+            for first in range(0, records, LOAD_CHUNK):
+                await stub.load(first, min(LOAD_CHUNK, records - first), value)
+
+        async with asyncio.TaskGroup() as tg:
+            for name in names:
+                tg.create_task(one(name))
+
+    async def _with_app(
+        self,
+        spec: BackendSpec,
+        tag: str,
+        names: list[str],
+        records: int,
+        value: bytes,
+        body: Callable[[Any, list[Any]], Awaitable[Measurement]],
+    ) -> Measurement:
+        """Load *records* into each object (in a first App), then time *body* in a fresh App."""
+        import duro
+        from duro.bench.objects import BenchObject
+
+        case_dir = self._case_dir(tag)
+        url = spec.case_url(case_dir)
+        ns_name = self._namespace()
+        try:
+            if spec.kind == "memory":
+                async with duro.App(backend=url) as app:
+                    ns = app.namespace(BenchObject, name=ns_name)
+                    if records:
+                        await self._load(ns, names, records, value)
+                    stubs = [ns.get_by_name(n) for n in names]
+                    await asyncio.gather(*(s.noop() for s in stubs))
+                    return await body(ns, stubs)
+            if records:
+                async with duro.App(backend=url) as app:
+                    ns = app.namespace(BenchObject, name=ns_name)
+                    await self._load(ns, names, records, value)
+            async with duro.App(backend=url) as app:
+                ns = app.namespace(BenchObject, name=ns_name)
+                stubs = [ns.get_by_name(n) for n in names]
+                await asyncio.gather(*(s.noop() for s in stubs))
+                if spec.kind != "s3":
+                    await ns.get_by_name("~pad").pad(PAD_COUNT, PAD_SIZE)
+                return await body(ns, stubs)
+        finally:
+            if spec.fresh and not self.config.keep_data:
+                shutil.rmtree(case_dir, ignore_errors=True)
+
+    def _pools(self, workload: Workload, clients: int, objects: int,
+               records: int) -> list[list[Op]]:
+        return [
+            OpStream(workload, objects=objects, records=records,
+                     seed=self.config.seed * 1000 + i).take(OP_POOL)
+            for i in range(clients)
+        ]
+
+    @staticmethod
+    def _dispatch(stubs: list[Any], values: list[bytes], scan_length: int
+                  ) -> Callable[[int, Op], Awaitable[object]]:
+        """Map an op to its stub call; puts cycle through *values* (so each write changes)."""
+        counter = [0]
+        ring = len(values)
+
+        def call(_client: int, op: Op) -> Awaitable[object]:
+            kind, obj, key = op
+            stub = stubs[obj]
+            if kind == "get":
+                return stub.get(key)  # type: ignore[no-any-return]
+            if kind == "put":
+                counter[0] += 1
+                return stub.put(key, values[counter[0] % ring])  # type: ignore[no-any-return]
+            if kind == "rmw":
+                return stub.rmw(key)  # type: ignore[no-any-return]
+            return stub.scan(key, scan_length)  # type: ignore[no-any-return]
+
+        return call
+
+    async def _guard(self, result: Result, coro: Awaitable[Measurement]) -> None:
+        try:
+            m = await asyncio.wait_for(coro, self.config.step_timeout)
+        except Exception as exc:  # one failed run must not stop the report
+            result.error = f"{type(exc).__name__}: {exc}"[:500]
+        else:
+            result.set_measurement(m)
+        self.results.append(result)
+
+    def _baseline_step(self, key: tuple[Any, ...], name: str,
+                       measure: Callable[[], Measurement]) -> Step:
+        self._baseline_names[key] = name
+
+        async def run() -> None:
+            try:
+                self._baselines[key] = measure()
+            except Exception:  # recorded as a missing baseline
+                self._baselines[key] = None
+
+        return Step(f"baseline {name}", run)
+
+    def _expect_baseline(self, result: Result, key: tuple[Any, ...]) -> None:
+        self._pending.append((result, key))
+
+    # ---------------------------------------------------------------- the sweep
+
+    def _sweep_steps(self) -> Iterator[Step]:
+        cfg = self.config
+        for spec in self.specs:
+            for wl_name in cfg.workloads:
+                wl = WORKLOADS[wl_name]
+                object_counts = [cfg.fan_out_objects] if wl.fan_out else cfg.objects
+                for objects in object_counts:
+                    for size in cfg.value_sizes:
+                        key = ("sweep", spec.label, wl.name, objects, size)
+                        if spec.has_baseline:
+                            yield self._baseline_step(
+                                key, _raw_name(spec),
+                                functools.partial(self._sweep_baseline, spec, wl, objects, size),
+                            )
+                        for clients in cfg.clients:
+                            yield self._sweep_step(spec, wl, clients, objects, size, key)
+
+    def _sweep_baseline(self, spec: BackendSpec, wl: Workload, objects: int,
+                        size: int) -> Measurement:
+        cfg = self.config
+        records = self._records(spec)
+        values = payload_ring(size)
+        names = [f"o{i}" for i in range(objects)]
+        store = self._raw_store(spec, wl.name)
+        try:
+            for name in names:
+                store.load(name, records, values[0])
+            stream = OpStream(wl, objects=objects, records=records, seed=cfg.seed * 1000)
+            return run_sync_ops(store, stream, values=values, scan_length=cfg.scan_length,
+                                obj_names=names, duration=cfg.duration, max_ops=cfg.max_ops)
+        finally:
+            self._discard(store)
+
+    def _sweep_step(self, spec: BackendSpec, wl: Workload, clients: int, objects: int,
+                    size: int, key: tuple[Any, ...]) -> Step:
+        cfg = self.config
+
+        async def run() -> None:
+            records = self._records(spec)
+            values = payload_ring(size)
+            names = [f"o{i}" for i in range(objects)]
+            pools = self._pools(wl, clients, objects, records)
+
+            async def body(_ns: Any, stubs: list[Any]) -> Measurement:
+                return await drive_async(pools, self._dispatch(stubs, values, cfg.scan_length),
+                                         duration=cfg.duration, max_ops=cfg.max_ops)
+
+            result = Result(wl.name, spec.label, clients, objects, size)
+            if spec.has_baseline:
+                self._expect_baseline(result, key)
+            await self._guard(result, self._with_app(spec, wl.name, names, records, values[0],
+                                                     body))
+
+        return Step(f"{wl.name} {spec.label} clients={clients} objects={objects} value={size}",
+                    run)
+
+    # ---------------------------------------------------------------- target runs
+
+    def _target_steps(self) -> Iterator[Step]:
+        sqlite = BackendSpec.embedded("sqlite")
+        lmdb = BackendSpec.embedded("lmdb")
+        yield self._cached_get(sqlite)
+        yield self._stub_call()
+        for spec in (sqlite, lmdb):
+            yield self._group_commit(spec, 64)
+        for spec in (sqlite, lmdb):
+            yield self._lone_put(spec)
+        for clients in (1, 64):
+            yield self._diskcache(BackendSpec.embedded("sqlite", "normal"), clients)
+        s3 = next((s for s in self.specs if s.kind == "s3"), None)
+        if s3 is not None:
+            yield self._s3_group_commit(s3)
+            yield self._s3_objects(s3)
+
+    async def _paired(
+        self,
+        duration: float,
+        baseline: Callable[[float], Awaitable[Measurement]],
+        duro_side: Callable[[float], Awaitable[Measurement]],
+    ) -> tuple[Measurement, Measurement]:
+        """Alternate baseline and duro slices (B D D B B D D B …) so drift hits both alike."""
+        base_parts: list[Measurement] = []
+        duro_parts: list[Measurement] = []
+        per = duration / PAIRED_SLICES
+        for i in range(PAIRED_SLICES):
+            if i % 2 == 0:
+                base_parts.append(await baseline(per))
+                duro_parts.append(await duro_side(per))
+            else:
+                duro_parts.append(await duro_side(per))
+                base_parts.append(await baseline(per))
+        return Measurement.combine(base_parts), Measurement.combine(duro_parts)
+
+    def _target(
+        self,
+        description: str,
+        spec: BackendSpec,
+        result: Result,
+        baseline_name: str,
+        names: list[str],
+        records: int,
+        value: bytes,
+        body: Callable[[list[Any], tuple[Any, ...]], Awaitable[Measurement]],
+    ) -> Step:
+        """A target run: *body* (given the stubs and the baseline key) measures both sides."""
+        key: tuple[Any, ...] = ("target", description)
+        self._baseline_names[key] = baseline_name
+
+        async def run() -> None:
+            self._expect_baseline(result, key)
+
+            async def inner(_ns: Any, stubs: list[Any]) -> Measurement:
+                return await body(stubs, key)
+
+            await self._guard(result, self._with_app(spec, result.workload, names, records,
+                                                     value, inner))
+
+        return Step(description, run)
+
+    def _sync_slices(self, store: RawStore, workload: Workload, values: list[bytes],
+                     records: int) -> Callable[[float], Awaitable[Measurement]]:
+        cfg = self.config
+        stream = OpStream(workload, objects=1, records=records, seed=cfg.seed)
+
+        async def slice_(seconds: float) -> Measurement:
+            return run_sync_ops(store, stream, values=values, scan_length=cfg.scan_length,
+                                obj_names=["o0"], duration=seconds, max_ops=cfg.max_ops)
+
+        return slice_
+
+    def _async_slices(self, pools: list[list[Op]], call: Callable[[int, Op], Awaitable[object]],
+                      ops_per_call: int = 1) -> Callable[[float], Awaitable[Measurement]]:
+        cfg = self.config
+
+        async def slice_(seconds: float) -> Measurement:
+            return await drive_async(pools, call, duration=seconds, max_ops=cfg.max_ops,
+                                     ops_per_call=ops_per_call)
+
+        return slice_
+
+    def _cached_get(self, spec: BackendSpec) -> Step:
+        cfg = self.config
+        records = cfg.records
+        keys = [key_name(i) for i in range(records)]
+        value = payload(TARGET_VALUE)
+        result = Result("cached-get", spec.label, 1, 1, TARGET_VALUE, mode="in-object",
+                        note=f"{records} cached gets per stub call (timed outside the call)")
+
+        async def body(stubs: list[Any], key: tuple[Any, ...]) -> Measurement:
+            stub = stubs[0]
+            await stub.read_loop(keys)  # warm the cache
+            store = self._raw_store(spec, "cached-get")
+            try:
+                store.load("o0", records, value)
+                position = [0]
+
+                def one_get() -> object:
+                    k = keys[position[0] % records]
+                    position[0] += 1
+                    return store.get("o0", k)
+
+                async def base(seconds: float) -> Measurement:
+                    return time_sync_loop(one_get, duration=seconds, max_ops=cfg.max_ops)
+
+                duro_side = self._async_slices([[("get", 0, "")]],
+                                               lambda _c, _op: stub.read_loop(keys),
+                                               ops_per_call=records)
+                self._baselines[key], m = await self._paired(cfg.target_duration, base,
+                                                             duro_side)
+                return m
+            finally:
+                self._discard(store)
+
+        return self._target("cached-get sqlite (in-object)", spec, result,
+                            "sqlite3 point SELECT", ["o0"], records, value, body)
+
+    def _stub_call(self) -> Step:
+        cfg = self.config
+        spec = BackendSpec.embedded("memory")
+        result = Result("stub-call", spec.label, 1, 1, 0, note="noop(), no storage")
+
+        async def body(stubs: list[Any], key: tuple[Any, ...]) -> Measurement:
+            from duro.bench.objects import PlainObject
+
+            stub, plain = stubs[0], PlainObject()
+            base = self._async_slices([[("get", 0, "")]], lambda _c, _op: plain.noop())
+            duro_side = self._async_slices([[("get", 0, "")]], lambda _c, _op: stub.noop())
+            self._baselines[key], m = await self._paired(cfg.target_duration, base, duro_side)
+            return m
+
+        return self._target("stub-call memory", spec, result, "plain async method call",
+                            ["o0"], 0, b"", body)
+
+    def _group_commit(self, spec: BackendSpec, clients: int) -> Step:
+        cfg = self.config
+        records = 64
+        values = payload_ring(TARGET_VALUE)
+        result = Result("group-commit", spec.label, clients, 1, TARGET_VALUE,
+                        note="durable read-modify-write, one object")
+
+        async def body(stubs: list[Any], key: tuple[Any, ...]) -> Measurement:
+            store = self._raw_store(spec, "group-commit")
+            try:
+                store.load("o0", records, values[0])
+                base = self._sync_slices(store, GROUP_COMMIT, values, records)
+                pools = self._pools(GROUP_COMMIT, clients, 1, records)
+                duro_side = self._async_slices(pools, self._dispatch(stubs, values, 0))
+                self._baselines[key], m = await self._paired(cfg.target_duration, base,
+                                                             duro_side)
+                return m
+            finally:
+                self._discard(store)
+
+        return self._target(f"group-commit {spec.label} clients={clients}", spec, result,
+                            f"raw {_raw_name(spec)} commit per write", ["o0"], records,
+                            values[0], body)
+
+    def _lone_put(self, spec: BackendSpec) -> Step:
+        cfg = self.config
+        values = payload_ring(TARGET_VALUE)
+        per_call = 20
+        result = Result("lone-put", spec.label, 1, 1, TARGET_VALUE, mode="in-object",
+                        note=f"await storage.put() one at a time, {per_call} per stub call")
+
+        async def body(stubs: list[Any], key: tuple[Any, ...]) -> Measurement:
+            stub = stubs[0]
+            store = self._raw_store(spec, "lone-put")
+            try:
+                raw_i = [0]
+
+                def one_put() -> None:
+                    i = raw_i[0]
+                    raw_i[0] += 1
+                    store.put("o0", key_name(i % 1000), values[i % len(values)])
+
+                async def base(seconds: float) -> Measurement:
+                    return time_sync_loop(one_put, duration=seconds, max_ops=cfg.max_ops)
+
+                duro_i = [0]
+
+                def call(_c: int, _op: Op) -> Awaitable[object]:
+                    first = duro_i[0]
+                    duro_i[0] += per_call
+                    idx = range(first, first + per_call)
+                    return stub.put_loop(  # type: ignore[no-any-return]
+                        [key_name(i % 1000) for i in idx], [values[i % len(values)] for i in idx])
+
+                duro_side = self._async_slices([[("put", 0, "")]], call, ops_per_call=per_call)
+                self._baselines[key], m = await self._paired(cfg.target_duration, base,
+                                                             duro_side)
+                return m
+            finally:
+                self._discard(store)
+
+        return self._target(f"lone-put {spec.label}", spec, result,
+                            f"raw {_raw_name(spec)} write txn", ["o0"], 0, b"", body)
+
+    def _diskcache(self, spec: BackendSpec, clients: int) -> Step:
+        cfg = self.config
+        records = 1000
+        values = payload_ring(TARGET_VALUE)
+        result = Result("diskcache-set", spec.label, clients, 1, TARGET_VALUE,
+                        note="durable put vs diskcache set, both synchronous=NORMAL")
+
+        async def body(stubs: list[Any], key: tuple[Any, ...]) -> Measurement:
+            store = DiskCachePeer(self._raw_path(spec, "diskcache"))
+            store.pad(PAD_COUNT, PAD_SIZE)
+            try:
+                store.load("o0", records, values[0])
+                base = self._sync_slices(store, WRITES, values, records)
+                pools = self._pools(WRITES, clients, 1, records)
+                duro_side = self._async_slices(pools, self._dispatch(stubs, values, 0))
+                self._baselines[key], m = await self._paired(cfg.target_duration, base,
+                                                             duro_side)
+                return m
+            finally:
+                store.close()
+                remove_tree(store.path)
+
+        return self._target(f"diskcache-set {spec.label} clients={clients}", spec, result,
+                            "diskcache Cache.set", ["o0"], records, values[0], body)
+
+    def _s3_group_commit(self, spec: BackendSpec) -> Step:
+        cfg = self.config
+        values = payload_ring(TARGET_VALUE)
+        records = min(cfg.records, cfg.s3_records)
+        duration = max(cfg.target_duration, S3_MIN_DURATION)
+        result = Result("s3-group-commit", spec.label, 64, 1, TARGET_VALUE,
+                        note="64 callers, durable puts, one object")
+
+        async def body(stubs: list[Any], key: tuple[Any, ...]) -> Measurement:
+            store = self._raw_store(spec, "s3-group-commit")
+            try:
+                base = self._sync_slices(store, WRITES, values, records)
+                pools = self._pools(WRITES, 64, 1, records)
+                duro_side = self._async_slices(pools, self._dispatch(stubs, values, 0))
+                self._baselines[key], m = await self._paired(duration, base, duro_side)
+                return m
+            finally:
+                store.close()
+
+        return self._target("s3-group-commit", spec, result, "boto3 one PUT per write", ["o0"],
+                            0, b"", body)
+
+    def _s3_objects(self, spec: BackendSpec, n: int = 32) -> Step:
+        cfg = self.config
+        values = payload_ring(TARGET_VALUE)
+        records = min(cfg.records, cfg.s3_records)
+        duration = max(cfg.target_duration, S3_MIN_DURATION)
+        names = [f"o{i}" for i in range(n)]
+        result = Result("s3-objects", spec.label, n, n, TARGET_VALUE,
+                        note="one caller per object, durable puts")
+
+        async def body(stubs: list[Any], key: tuple[Any, ...]) -> Measurement:
+            pools = [[(op[0], i, op[2]) for op in pool]
+                     for i, pool in enumerate(self._pools(WRITES, n, 1, records))]
+            call = self._dispatch(stubs, values, 0)
+            base = self._async_slices(pools[:1], call)
+            duro_side = self._async_slices(pools, call)
+            self._baselines[key], m = await self._paired(duration, base, duro_side)
+            return m
+
+        return self._target(f"s3-objects {n}", spec, result, "duro s3, 1 object, 1 caller",
+                            names, 0, b"", body)
+
+    # ---------------------------------------------------------------- putting it together
+
+    def plan(self) -> list[Step]:
+        """Every step of this run, in order."""
+        steps: list[Step] = []
+        if self.config.targets:
+            steps.extend(self._target_steps())
+        steps.extend(self._sweep_steps())
+        return steps
+
+    def _targets(self) -> list[Target]:
+        def row(workload: str, backend: str, clients: int | None = None) -> Result | None:
+            for r in self.results:
+                if r.workload == workload and r.backend == backend and (
+                        clients is None or r.clients == clients) and r.error is None:
+                    return r
+            return None
+
+        def ratio(r: Result | None) -> float | None:
+            return None if r is None else r.ratio
+
+        out: list[Target] = []
+        r = row("cached-get", "sqlite")
+        out.append(Target("cached-get", "in-object cached get vs raw sqlite3 point SELECT",
+                          "ratio", ratio(r), ">=", 10.0))
+        r = row("stub-call", "memory")
+        note = None
+        if r is not None and r.baseline_ops_per_s:
+            note = (f"plain async call {r.baseline_ops_per_s:,.0f}/s; "
+                    f"ratio {r.ratio or 0:.3f}")
+        out.append(Target("stub-call", "stub calls/s to one object, in-process, no storage",
+                          "calls/s", None if r is None else r.ops_per_s, ">=", 20_000.0,
+                          note=note))
+        for backend, needed in (("sqlite", 5.0), ("lmdb", 5.0), ("lmdb", 10.0)):
+            r = row("group-commit", backend)
+            out.append(Target(f"group-commit-{backend}-{needed:g}x",
+                              f"64 callers, durable writes to one object vs raw commit-per-write"
+                              f", {backend} sync=full", "ratio", ratio(r), ">=", needed,
+                              note="lmdb issue asks 10x" if needed == 10.0 else None))
+        for backend in ("sqlite", "lmdb"):
+            r = row("lone-put", backend)
+            time_ratio = None if r is None or not r.ratio else round(1.0 / r.ratio, 4)
+            out.append(Target(f"lone-put-{backend}",
+                              f"lone awaited put vs raw {backend} commit, sync=full",
+                              "time ratio (duro/raw)", time_ratio, "<=", 1.3))
+        r = row("diskcache-set", "sqlite sync=normal", 64)
+        out.append(Target("diskcache", "duro sqlite sync=normal (64 callers) vs diskcache set",
+                          "ratio", ratio(r), ">=", 3.0))
+        if any(s.kind == "s3" for s in self.specs) and self.config.targets:
+            r = row("s3-group-commit", "s3")
+            latency = (f" ({self.config.s3_latency * 1000:g} ms added latency)"
+                       if self.config.s3 else "")
+            out.append(Target("s3-group-commit", f"s3: 64 callers vs one PUT per write{latency}",
+                              "ratio", ratio(r), ">=", 20.0))
+            r = row("s3-objects", "s3")
+            out.append(Target("s3-objects", "s3: 32 objects vs 1 object (1 caller each)",
+                              "ratio", ratio(r), ">=", 8.0))
+        return out
+
+    async def run(self, on_step: Callable[[int, int, str], None] | None = None) -> Report:
+        """Run every step; *on_step(index, total, description)* is called before each."""
+        config_json = self.config.to_json()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fs = filesystem_type(self.run_dir)
+        config_json["data_filesystem"] = fs
+        if fs in ("tmpfs", "ramfs"):
+            config_json["warning"] = "data dir is on tmpfs: durable figures are not meaningful"
+        config_json["backends"] = [
+            {"label": s.label, "kind": s.kind, "sync": s.sync, "given": not s.fresh}
+            for s in self.specs
+        ]
+        try:
+            if any(s.kind == "s3" and s.url is None for s in self.specs):
+                self._start_moto()
+            steps = self.plan()
+            for i, step in enumerate(steps):
+                if on_step is not None:
+                    on_step(i, len(steps), step.description)
+                await step.run()
+            if on_step is not None:
+                on_step(len(steps), len(steps), "done")
+        finally:
+            self._cleanup()
+        for result, key in self._pending:
+            m = self._baselines.get(key)
+            name = self._baseline_names.get(key, "baseline")
+            if m is not None and m.ops:
+                result.set_baseline(name, m)
+            else:
+                result.note = ((result.note + "; ") if result.note else "") + \
+                    f"baseline {name} failed"
+        return Report(machine=machine_info(), versions=versions(), config=config_json,
+                      results=self.results, targets=self._targets())
+
+
+def _raw_name(spec: BackendSpec) -> str:
+    base = {"sqlite": "sqlite3", "lmdb": "lmdb", "s3": "boto3"}.get(spec.kind, spec.kind)
+    return f"{base} sync={spec.sync}" if spec.kind in ("sqlite", "lmdb") else base
+
+
+def run_bench(config: BenchConfig,
+              on_step: Callable[[int, int, str], None] | None = None) -> Report:
+    """Run a whole benchmark in a new event loop (the synchronous entry point)."""
+    return asyncio.run(Runner(config).run(on_step))
