@@ -174,6 +174,10 @@ class _Search:
     verdict: str
     steps: int
     best: list[tuple[int, State]] = field(default_factory=list)
+    """With ``trace``: the longest linearized prefix, (op index, state after) in order."""
+    best_lin: int = 0
+    """Bitset of the ops in the longest linearized prefix."""
+    best_state: State = None
 
 
 def _wgl(ops: Sequence[Operation], model: Model, budget: int, deadline: float | None,
@@ -211,13 +215,15 @@ def _wgl(ops: Sequence[Operation], model: Model, budget: int, deadline: float | 
     stack: list[tuple[int, State, int]] = []
     seen: set[tuple[int, State]] = set()
     best: list[tuple[int, State]] = []
+    depth = 0
+    best_lin, best_state = 0, state
     count = 0
     e = nxt[0]
     while n_ret:
         count += 1
         if count > budget or (deadline is not None and not count & 0xFFFF
                               and time.monotonic() > deadline):
-            return _Search(_UNKNOWN, count, best)
+            return _Search(_UNKNOWN, count, best, best_lin, best_state)
         if is_call[e]:
             i = op_of[e]
             nexts = steps[i](state)
@@ -241,16 +247,18 @@ def _wgl(ops: Sequence[Operation], model: Model, budget: int, deadline: float | 
                         took = True
                         break
             if took:
-                if trace and len(stack) > len(best):
-                    best = [(op_of[x[0]], stack[j + 1][1] if j + 1 < len(stack) else state)
-                            for j, x in enumerate(stack)]
+                if len(stack) > depth:
+                    depth, best_lin, best_state = len(stack), lin, state
+                    if trace:
+                        best = [(op_of[x[0]], stack[j + 1][1] if j + 1 < depth else state)
+                                for j, x in enumerate(stack)]
                 e = nxt[0]
             else:
                 e = nxt[e]
             continue
         # a return entry (or the tail): dead end, backtrack
         if not stack:
-            return _Search(_ILLEGAL, count, best)
+            return _Search(_ILLEGAL, count, best, best_lin, best_state)
         ce, ps, a = stack.pop()
         i = op_of[ce]
         lin ^= bits[i]
@@ -279,7 +287,7 @@ def _wgl(ops: Sequence[Operation], model: Model, budget: int, deadline: float | 
                     n_ret -= 1
                 e = nxt[0]
                 break
-    return _Search(_OK, count, best)
+    return _Search(_OK, count, best, lin, state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,35 +443,193 @@ def _partition(obj: str, ops: Sequence[Operation]) -> list[_Part]:
 # ---------------------------------------------------------------------------------------------
 # shrinking and witnesses
 # ---------------------------------------------------------------------------------------------
+def _absence_reads(op: Operation) -> list[str]:
+    """Keys *op* observed absent."""
+    if op.outcome == "fail" or op.outcome == "info" and op.f != "cas":
+        return []
+    if op.f == "get":
+        return [op.key or ""] if op.result is None else []
+    if op.f == "delete":
+        return [op.key or ""] if op.result is False else []
+    if op.f == "cas":
+        return [op.key or ""] if op.arg[0] is None and op.outcome == "ok" else []
+    if op.f == "txn":
+        return [m[1] for m in op.result if m[0] == "r" and m[2] is None]
+    return []
+
+
+def _deletes(op: Operation) -> list[str]:
+    if op.outcome == "fail":
+        return []
+    if op.f == "delete":
+        return [op.key or ""]
+    if op.f == "txn":
+        return [m[1] for m in op.arg if m[0] == "d"]
+    return []
+
+
 def _closed(ops: Sequence[Operation]) -> bool:
+    """Every value read has a producing write; every absence or existence seen has a cause.
+
+    Absence of k (get → null, delete → false, cas expecting null, txn read null) needs a
+    delete of k invoked before the read returned, or no write of k invoked before it (the
+    initial state); existence (delete → true) needs a write of k invoked before it returned.
+    This keeps removals from manufacturing anomalies the full history does not have.
+    """
     written = {kv for op in ops if _is_writer(op) for kv in _writes(op)}
-    return all(kv in written for op in ops for kv in _reads(op))
+    if not all(kv in written for op in ops for kv in _reads(op)):
+        return False
+    first_write: dict[str, int] = {}
+    first_delete: dict[str, int] = {}
+    for op in ops:
+        if _is_writer(op):
+            for k, _ in _writes(op):
+                first_write[k] = min(first_write.get(k, op.call), op.call)
+        for k in _deletes(op):
+            first_delete[k] = min(first_delete.get(k, op.call), op.call)
+    for op in ops:
+        end = op.ret if op.ret is not None else op.call
+        for k in _absence_reads(op):
+            if first_write.get(k, end + 1) < end and first_delete.get(k, end + 1) >= end:
+                return False
+        if op.f == "delete" and op.outcome == "ok" and op.result is True:
+            if first_write.get(op.key or "", end + 1) >= end:
+                return False
+    return True
 
 
-def _shrink(part: _Part, budget: int, total: int, deadline: float | None) -> list[Operation]:
-    cur = list(part.ops)
+def _frontier(ops: Sequence[Operation], model: Model, s: _Search
+              ) -> tuple[State, list[tuple[Operation, str, bool]]]:
+    """State after the longest prefix, and each op that could come next: (op, why, legal)."""
+    state = model.init() if s.best_lin == 0 else s.best_state
+    rest = [op for i, op in enumerate(ops) if not s.best_lin >> i & 1]
+    req = [op.ret for op in rest if op.ret is not None]
+    first_ret = min(req) if req else None
+    out: list[tuple[Operation, str, bool]] = []
+    for op in rest:
+        if first_ret is not None and op.call > first_ret:
+            continue
+        if not model.compile(op)(state):
+            out.append((op, model.why_illegal(state, op), False))
+        else:
+            out.append((op, "legal here, but no linearization continues after it", True))
+    return state, out
+
+
+def _culprits(part: _Part, s: _Search, budget: int, deadline: float | None
+              ) -> list[Operation] | None:
+    """Ops refused at the search frontier whose removal makes the partition linearizable.
+
+    First each op refused at the frontier alone; failing that, greedily the first refused op of
+    each successive search (up to 8), e.g. for several corrupted reads. None if that fails.
+    """
+    model = part.model()
+    _, front = _frontier(part.ops, model, s)
+    cands = [op for op, _, legal in front if not legal] + [op for op, _, legal in front if legal]
+    for c in cands[:6]:
+        if _wgl([o for o in part.ops if o is not c], model, budget, deadline).verdict == _OK:
+            return [c]
+    chosen: list[Operation] = []
+    rest = list(part.ops)
+    for _ in range(8):
+        if not cands:
+            return None
+        chosen.append(cands[0])
+        rest = [o for o in rest if o is not cands[0]]
+        s2 = _wgl(rest, model, budget, deadline)
+        if s2.verdict == _OK:
+            return chosen
+        if s2.verdict != _ILLEGAL:
+            return None
+        _, front = _frontier(rest, model, s2)
+        cands = [op for op, _, legal in front if not legal] + [op for op, _, legal in front if legal]
+    return None
+
+
+def _closure(ops: Sequence[Operation], pool: Sequence[Operation]) -> list[Operation]:
+    """*ops* plus, from *pool*, a producing write for every value read (to a fixpoint)."""
+    have = {id(o) for o in ops}
+    out = list(ops)
+    producers: dict[tuple[str, str], list[Operation]] = defaultdict(list)
+    for o in pool:
+        if _is_writer(o):
+            for kv in _writes(o):
+                producers[kv].append(o)
+    todo = list(ops)
+    written = {kv for o in ops if _is_writer(o) for kv in _writes(o)}
+    while todo:
+        o = todo.pop()
+        for kv in _reads(o):
+            if kv not in written:
+                for w in producers.get(kv, [])[:1]:
+                    if id(w) not in have:
+                        have.add(id(w))
+                        out.append(w)
+                        todo.append(w)
+                        written.update(_writes(w))
+    return sorted(out, key=lambda o: o.call)
+
+
+def _shrink(part: _Part, s: _Search, budget: int, total: int, deadline: float | None
+            ) -> list[Operation]:
+    """Greedy removal keeping the sub-history illegal, closed under reads, and about its culprits.
+
+    If culprits Cs are found (ops whose removal makes the partition linearizable), a candidate
+    must keep at least one of them and become linearizable without them, so the witness shows
+    why those ops in particular cannot be placed.
+    """
     spent = 0
+    culprits = _culprits(part, s, budget, deadline)
+    cids = {id(c) for c in culprits or ()}
+
+    def run(ops: list[Operation]) -> str:
+        nonlocal spent
+        s = _wgl(ops, _Part(part.object, part.keys, ops, part.whole).model(),
+                 min(budget, max(total - spent, 1)), deadline)
+        spent += s.steps
+        return s.verdict
 
     def still_bad(ops: list[Operation]) -> bool:
-        nonlocal spent
         if not ops or not _closed(ops):
             return False
-        s = _wgl(ops, _Part(part.object, part.keys, ops, part.whole).model(),
-                 min(budget, max(total - spent, 0)), deadline)
-        spent += s.steps
-        return s.verdict == _ILLEGAL
+        if culprits is not None and not any(id(o) in cids for o in ops):
+            return False
+        if run(ops) != _ILLEGAL:
+            return False
+        return culprits is None or run([o for o in ops if id(o) not in cids]) == _OK
 
+    cur = list(part.ops)
+    if culprits is not None:
+        # grow a window of ops ending at the first culprit (plus the writes its reads need)
+        # until it explains the anomaly: far cheaper than cutting down the whole partition
+        culprit = min(culprits, key=lambda o: o.call)
+        end = culprit.ret if culprit.ret is not None else culprit.call
+        before = [o for o in cur if o.call <= end]
+        idx = next(i for i, o in enumerate(before) if o is culprit)
+        w = 8
+        while w < len(before):
+            lo = before[max(idx - w, 0)].call
+            cand = _closure([o for o in before if o.ret is None or o.ret >= lo], cur)
+            if len(cand) >= len(cur):
+                break
+            if still_bad(cand):
+                cur = cand
+                break
+            w *= 2
+        else:
+            if len(before) < len(cur) and still_bad(before):
+                cur = before
     chunk = max(len(cur) // 2, 1)
-    while True:
-        i = 0
+    while spent < total:
+        i, removed = 0, False
         while i < len(cur) and spent < total:
             cand = cur[:i] + cur[i + chunk:]
             if still_bad(cand):
-                cur = cand
+                cur, removed = cand, True
             else:
                 i += chunk
-        if chunk == 1 or spent >= total:
-            break
+        if chunk == 1 and not removed:
+            break  # a fixpoint: no single op can go
         chunk = max(chunk // 2, 1)
     return cur
 
@@ -471,23 +637,11 @@ def _shrink(part: _Part, budget: int, total: int, deadline: float | None) -> lis
 def _explain(ops: list[Operation], part: _Part, hist: History, budget: int) -> Witness:
     model = _Part(part.object, part.keys, ops, part.whole).model()
     s = _wgl(ops, model, budget, None, trace=True)
-    linearized = [(ops[i], model.describe(st)) for i, st in s.best]
-    done = {i for i, _ in s.best}
-    state = s.best[-1][1] if s.best else model.init()
-    rest = [op for i, op in enumerate(ops) if i not in done]
-    req = [op.ret for op in rest if op.ret is not None and Model.participates(op)]
-    first_ret = min(req) if req else None
-    frontier: list[tuple[Operation, str]] = []
-    for op in rest:
-        if first_ret is not None and op.call > first_ret:
-            continue
-        nexts = model.compile(op)(state)
-        if not nexts:
-            frontier.append((op, model.why_illegal(state, op)))
-        else:
-            frontier.append((op, "legal here, but nothing can follow it"))
-    return Witness(ops=ops, history=hist.restrict(ops), linearized=linearized,
-                   state=model.describe(state), frontier=frontier)
+    state, front = _frontier(ops, model, s)
+    return Witness(ops=ops, history=hist.restrict(ops),
+                   linearized=[(ops[i], model.describe(st)) for i, st in s.best],
+                   state=model.describe(state),
+                   frontier=[(op, why) for op, why, _ in front])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -567,7 +721,7 @@ def check_ops(obj: str, ops: Sequence[Operation], hist: History, *, budget: int 
         pr = PartitionResult(obj, part.keys, model.name, len(part.ops), s.verdict,  # type: ignore[arg-type]
                              s.steps, time.monotonic() - t)
         if s.verdict == _ILLEGAL:
-            ops_w = _shrink(part, budget, shrink_budget, deadline) if shrink else part.ops
+            ops_w = _shrink(part, s, budget, shrink_budget, deadline) if shrink else part.ops
             w = _explain(ops_w, part, hist, budget)
             msg = _headline(w)
             pr.anomaly = Anomaly("not-linearizable", obj, part.keys, msg, w)
