@@ -109,7 +109,10 @@ class _Reader:
         self.cur: Any = self.raw.cursor()
         self.thread = thread
 
-    def close(self) -> None:
+    def close(self, broken: bool = False) -> None:
+        if broken:  # discard the dead connection without SQLAlchemy trying to roll it back
+            with contextlib.suppress(Exception):
+                self.conn.invalidate()
         with contextlib.suppress(Exception):
             self.cur.close()
         with contextlib.suppress(Exception):
@@ -170,9 +173,33 @@ class SQLBackend(Backend):
         self._begin_write = dialect.begin_write
         self._begin_snapshot = dialect.begin_snapshot
 
-        self._wconn: sa.Connection = engine.connect().execution_options(duro_write=True)
+        self._open_writer()
+
+    def _open_writer(self) -> None:
+        self._wconn: sa.Connection = self._engine.connect().execution_options(duro_write=True)
         self._wraw: Any = _driver_connection(self._wconn)
         self._wcur: Any = self._wraw.cursor()
+
+    def _heal_writer(self) -> None:
+        """After an error (writer lock held): reconnect if the server dropped the connection."""
+        if self._closed or not getattr(self._wraw, "closed", False):
+            return
+        with contextlib.suppress(Exception):
+            self._wconn.invalidate()  # discard it without SQLAlchemy trying to roll it back
+        with contextlib.suppress(Exception):
+            self._wconn.close()
+        with contextlib.suppress(Exception):
+            self._open_writer()
+
+    def _heal_reader(self) -> None:
+        """After a read error: forget this thread's reader if its connection was dropped."""
+        reader: _Reader | None = getattr(self._local, "reader", None)
+        if reader is None or not getattr(reader.raw, "closed", False):
+            return
+        reader.close(broken=True)
+        del self._local.reader, self._local.cur
+        with self._readers_lock:
+            self._readers = [r for r in self._readers if r is not reader]
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -273,15 +300,18 @@ class SQLBackend(Backend):
             return BackendError(f"{self._where}: the backend is closed", orig=orig)
         if is_transient(orig):
             return BackendUnavailable(
-                f"{self._where}: {op}: the database is busy ({orig}); retry later", orig=orig
+                f"{self._where}: {op}: the database is busy or unreachable ({orig}); retry later",
+                orig=orig,
             )
         return BackendError(f"{self._where}: {op} failed: {orig}", orig=orig)
 
     @contextlib.contextmanager
     def _guard(self, op: str) -> Iterator[None]:
+        """Map driver errors of a write operation (run with the writer lock held)."""
         try:
             yield
         except self._errors as exc:
+            self._heal_writer()
             raise self._map(exc, op) from exc
 
     def _rollback(self) -> None:
@@ -361,6 +391,7 @@ class SQLBackend(Backend):
             cur.execute(self._q_lease, (ref.namespace, ref.id))
             row = cur.fetchone()
         except self._errors as exc:
+            self._heal_reader()
             raise self._map(exc, "read_lease") from exc
         if row is None or not row[0]:
             return None
@@ -384,6 +415,7 @@ class SQLBackend(Backend):
                 return {}
             return self._get_many(cur, ref, keys)
         except self._errors as exc:
+            self._heal_reader()
             raise self._map(exc, "get_many") from exc
 
     def _get_many(self, cur: Any, ref: ObjectRef, keys: Sequence[bytes]) -> dict[bytes, bytes]:
@@ -440,6 +472,7 @@ class SQLBackend(Backend):
             cur.execute(sql, params)
             return cast("list[tuple[bytes, bytes]]", cur.fetchall())
         except self._errors as exc:
+            self._heal_reader()
             raise self._map(exc, "scan") from exc
 
     def get_alarm(self, ref: ObjectRef) -> float | None:
@@ -452,6 +485,7 @@ class SQLBackend(Backend):
             cur.execute(self._q_alarm, (ref.namespace, ref.id))
             row = cur.fetchone()
         except self._errors as exc:
+            self._heal_reader()
             raise self._map(exc, "get_alarm") from exc
         return None if row is None or row[0] is None else float(row[0])
 
@@ -503,6 +537,7 @@ class SQLBackend(Backend):
                 self._wraw.commit()
             except self._errors as exc:
                 self._rollback()
+                self._heal_writer()
                 raise self._map(exc, "commit") from exc
             except BaseException:
                 self._rollback()
@@ -624,6 +659,7 @@ def _read_txn(backend: SQLBackend, conn: sa.Connection, op: str) -> Iterator[sa.
         with conn.begin():
             yield conn
     except backend._errors as exc:
+        backend._heal_reader()
         raise backend._map(exc, op) from exc
 
 
