@@ -28,6 +28,7 @@ import contextlib
 import os
 import stat
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Final, cast
@@ -174,6 +175,7 @@ class SQLBackend(Backend):
         self._begin_snapshot = dialect.begin_snapshot
 
         self._open_writer()
+        _live.add(self)
 
     def _open_writer(self) -> None:
         self._wconn: sa.Connection = self._engine.connect().execution_options(duro_write=True)
@@ -628,6 +630,21 @@ class SQLBackend(Backend):
         with self._read("namespaces") as conn:
             return [r[0] for r in conn.execute(stmt)]
 
+    def _after_fork(self) -> None:
+        """In a forked child: forget the parent's connections, open our own writer."""
+        _inherited.append((self._wconn, self._wcur, self._readers))
+        self._wlock = threading.Lock()
+        self._readers_lock = threading.Lock()
+        self._local = threading.local()
+        self._readers = []
+        self._engine.dispose(close=False)
+        if self._closed:
+            return
+        try:
+            self._open_writer()
+        except Exception:  # the child cannot reach the database: it fails on first use
+            self._closed = True
+
     def close(self) -> None:
         """Close every connection and the engine. Idempotent."""
         with self._wlock:
@@ -644,6 +661,23 @@ class SQLBackend(Backend):
             r.close()
         with contextlib.suppress(Exception):
             self._engine.dispose()
+
+
+# -- fork safety ---------------------------------------------------------------------------------
+# A forked child must never use (or close: SQLite may checkpoint on close) the connections it
+# inherited. After a fork, each open backend in the child parks the inherited connections in
+# _inherited (never touched again) and opens fresh ones lazily; the hot path pays nothing.
+
+_live: weakref.WeakSet[SQLBackend] = weakref.WeakSet()
+_inherited: list[object] = []
+
+
+def _after_fork_in_child() -> None:
+    for backend in list(_live):
+        backend._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _PostgresBackend(SQLBackend):

@@ -7,6 +7,7 @@ process where a test needs one.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -431,3 +432,28 @@ def test_close_reopen_keeps_everything(db_path: Path) -> None:
             b.commit(REF, a.epoch - 1, Batch(puts={b"k": b"x"}))
     finally:
         b.close()
+
+
+# -- fork ----------------------------------------------------------------------------------------
+
+
+def test_forked_child_uses_fresh_connections(backend: SQLBackend) -> None:
+    lease = backend.acquire(REF, owner="A", address=None, now=0.0, until=1e12)
+    backend.commit(REF, lease.epoch, Batch(puts={b"parent": b"1"}))
+    assert backend.get_many(REF, [b"parent"]) == {b"parent": b"1"}  # parent has a reader
+    parent_writer = backend._wraw
+    pid = os.fork()
+    if pid == 0:  # child: must not touch the inherited connections
+        code = 1
+        try:
+            if backend._wraw is not parent_writer:
+                backend.commit(REF, lease.epoch, Batch(puts={b"child": b"2"}))
+                if backend.get_many(REF, [b"parent", b"child"]) == {b"parent": b"1",
+                                                                     b"child": b"2"}:
+                    code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    backend.commit(REF, lease.epoch, Batch(puts={b"parent": b"3"}))
+    assert backend.get_many(REF, [b"parent", b"child"]) == {b"parent": b"3", b"child": b"2"}
