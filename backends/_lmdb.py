@@ -143,7 +143,7 @@ class _Env:
     def __init__(self, path: str, map_size: int, sync: str, max_readers: int) -> None:
         self.path = path
         self.options = (sync, max_readers)
-        self.pid = os.getpid()
+        self.pid = _pid
         self.refs = 0
         self.closed = False
         try:
@@ -181,11 +181,13 @@ class _Env:
         except BaseException:
             self.env.close()
             raise
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._active = 0
         self._resizing = False
         self._last_reader_check = time.monotonic()
         self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._submit = threading.Lock()
         self._writer_ident = 0
         self._thread = threading.Thread(target=self._run, name=f"duro-lmdb-writer:{path}",
                                         daemon=True)
@@ -254,22 +256,26 @@ class _Env:
     # -- fork and lifetime -----------------------------------------------------------------
 
     def check_usable(self) -> None:
-        if self.pid != os.getpid():
+        if self.pid != _pid:
             raise BackendError(
                 f"this lmdb:// backend ({self.path}) was opened in process {self.pid} and "
-                f"cannot be used after fork() (this is process {os.getpid()}): open the "
-                "backend again in the child process")
+                f"cannot be used after fork() (this is process {os.getpid()}): open lmdb:// "
+                "backends only after fork(), or start processes with the 'spawn' or "
+                "'forkserver' method")
         if self.closed:
             raise BackendError(f"the lmdb:// backend for {self.path} is closed")
 
     def shutdown(self) -> None:
-        if self.closed:
+        if self.pid != _pid:  # inherited across fork: its locks may be held by dead threads
+            if not self.closed:
+                self.closed = True
+                _inherited.append(self.env)  # never close it here, never let it be collected
             return
-        self.closed = True
-        if self.pid != os.getpid():
-            _inherited.append(self.env)  # never close an environment inherited across fork
-            return
-        self._queue.put(None)
+        with self._submit:
+            if self.closed:
+                return
+            self.closed = True
+            self._queue.put(None)  # after every call already queued; none can follow
         self._thread.join()
         with contextlib.suppress(lmdb.Error):
             if self.options[0] != "full":
@@ -279,13 +285,13 @@ class _Env:
     # -- resize gate: set_mapsize needs every transaction of this process closed -------------
 
     def _enter(self) -> None:
-        with self._cond:
+        with self._lock:  # the lock's C-level context manager: cheaper than the Condition's
             while self._resizing:
                 self._cond.wait()
             self._active += 1
 
     def _exit(self) -> None:
-        with self._cond:
+        with self._lock:
             self._active -= 1
             if self._resizing and not self._active:
                 self._cond.notify_all()
@@ -362,7 +368,9 @@ class _Env:
         if threading.get_ident() == self._writer_ident:
             self._execute([call])
         else:
-            self._queue.put(call)
+            with self._submit:
+                self.check_usable()  # closed meanwhile? then the writer is gone
+                self._queue.put(call)
             call.done.acquire()
         if call.error is not None:
             raise call.error
@@ -413,12 +421,17 @@ class _Env:
                 pass
             finally:
                 self._exit()
-            if grow is not None:
-                self._resize(grow)
-            elif resize:
-                self._resize(None)
-            else:
-                self.reader_check()
+            try:
+                if grow is not None:
+                    self._resize(grow)
+                elif resize:
+                    self._resize(None)
+                else:
+                    self.reader_check()
+            except DuroError as exc:
+                for c in calls:
+                    c.error = exc
+                return
         for c in calls:
             c.error = BackendError(f"the LMDB map of {self.path} cannot grow enough")
 
@@ -484,9 +497,13 @@ _envs_lock = threading.Lock()
 _inherited: list[lmdb.Environment] = []
 
 
+_pid = os.getpid()
+
+
 def _after_fork_in_child() -> None:
     # Environments opened by the parent stay referenced (never closed) and unused here.
-    global _envs_lock
+    global _envs_lock, _pid
+    _pid = os.getpid()
     _envs_lock = threading.Lock()
     _inherited.extend(e.env for e in _envs.values())
     _envs.clear()

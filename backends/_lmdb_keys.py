@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
-from functools import lru_cache
 from typing import TYPE_CHECKING, Final
 
 from duro.backends.base import ObjectRef
@@ -87,12 +86,23 @@ def is_object_id(text: str) -> bool:
     return _HEX64.fullmatch(text) is not None
 
 
-@lru_cache(maxsize=16384)
+_prefixes: dict[tuple[str, str], bytes] = {}
+_PREFIX_CACHE: Final = 16384
+
+
 def object_prefix(ref: ObjectRef) -> bytes:
     """The 40-byte prefix of *ref*'s rows; raises :class:`InvalidObjectId` for a malformed ID."""
-    if not isinstance(ref.id, str) or not _HEX64.fullmatch(ref.id):
-        raise InvalidObjectId(f"object IDs are 64 lowercase hex characters, not {ref.id!r:.80}")
-    return namespace_hash(ref.namespace) + bytes.fromhex(ref.id)
+    key = (ref.namespace, ref.id)
+    prefix = _prefixes.get(key)
+    if prefix is None:
+        if not isinstance(ref.id, str) or not _HEX64.fullmatch(ref.id):
+            raise InvalidObjectId(
+                f"object IDs are 64 lowercase hex characters, not {ref.id!r:.80}")
+        prefix = namespace_hash(ref.namespace) + bytes.fromhex(ref.id)
+        if len(_prefixes) >= _PREFIX_CACHE:
+            _prefixes.clear()
+        _prefixes[key] = prefix
+    return prefix
 
 
 def encode_time(t: float) -> bytes:
