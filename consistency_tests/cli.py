@@ -1,9 +1,156 @@
-"""``duro check`` (placeholder until the consistency suite lands)."""
+"""``duro check``: run the consistency suite against a backend, or check a recorded history.
+
+- ``duro check --history FILE [--report FILE] [--budget N] [--timeout S]`` checks a JSONL
+  history (DESIGN §5). ``--report`` writes an HTML page (``.html``/``.htm``), a JSON summary
+  (``.json``) or the text explanation (any other name).
+- ``duro check [--backend URL] [--seed N] [--ops N] [--objects N] [--clients N] [--processes N]
+  [--faults kill,pause,errors] [--history-out FILE] [--report FILE]`` runs the workloads
+  against a backend (not yet available in this build: exits 2).
+
+Exit codes: 0 linearizable, 1 anomaly found (printed with its witness), 2 usage or setup error
+(e.g. a malformed history: the message names the line), 3 unknown (search budget exhausted).
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from duro.consistency.checker import DEFAULT_BUDGET, CheckResult, check_history
+from duro.consistency.history import History, HistoryError
+
+__all__ = ["EXIT_ANOMALY", "EXIT_OK", "EXIT_UNKNOWN", "EXIT_USAGE", "register", "write_report"]
+
+EXIT_OK, EXIT_ANOMALY, EXIT_USAGE, EXIT_UNKNOWN = 0, 1, 2, 3
+
+console = Console()
+err = Console(stderr=True)
+
+
+def write_report(result: CheckResult, path: Path, *, title: str = "duro check") -> None:
+    """Write *result* to *path*: HTML for ``.html``/``.htm``, JSON for ``.json``, else text."""
+    suffix = path.suffix.lower()
+    if suffix in (".html", ".htm"):
+        from duro.consistency.report import html_report
+
+        text = html_report(result, title=title)
+    elif suffix == ".json":
+        text = json.dumps(result_json(result), indent=2, ensure_ascii=False) + "\n"
+    else:
+        text = result.explain(max_anomalies=50) + "\n"
+    path.write_text(text, encoding="utf-8")
+
+
+def result_json(result: CheckResult) -> dict[str, Any]:
+    """A JSON-ready summary: verdict, counts, partitions that are not ok, anomalies."""
+    return {
+        "verdict": result.verdict,
+        "ops": result.ops,
+        "objects": result.objects,
+        "partitions": len(result.partitions),
+        "seconds": round(result.seconds, 6),
+        "not_ok": [{"object": p.object, "keys": list(p.keys), "model": p.model, "ops": p.ops,
+                    "verdict": p.verdict, "steps": p.steps}
+                   for p in result.partitions if p.verdict != "ok"],
+        "anomalies": [{"kind": a.kind, "object": a.object, "keys": list(a.keys),
+                       "message": a.message,
+                       "witness": [e.to_json() for e in a.witness.history.events]}
+                      for a in result.anomalies],
+    }
+
+
+def _print_result(result: CheckResult) -> None:
+    style = {"ok": "green", "anomaly": "red", "unknown": "yellow"}[result.verdict]
+    table = Table(show_header=True, header_style="bold", box=None)
+    for col in ("verdict", "ops", "objects", "partitions", "anomalies", "unknown", "seconds"):
+        table.add_column(col, justify="right" if col != "verdict" else "left")
+    table.add_row(f"[{style}]{result.verdict}[/{style}]", str(result.ops), str(result.objects),
+                  str(len(result.partitions)), str(len(result.anomalies)),
+                  str(len(result.unknown())), f"{result.seconds:.3f}")
+    console.print(table)
+    for p in result.unknown():
+        console.print(f"[yellow]unknown[/yellow]: object {escape(repr(p.object))} keys "
+                      f"{escape(', '.join(p.keys) or '-')}: budget exhausted after {p.steps:,} steps "
+                      f"({p.ops} ops)", highlight=False)
+    for a in result.anomalies[:5]:
+        keys = f" keys {', '.join(a.keys)}" if a.keys else ""
+        console.print(f"[red bold]{a.kind}[/red bold] on object {escape(repr(a.object))}"
+                      f"{escape(keys)}: {escape(a.message)}", highlight=False)
+        console.print(Panel(Text(a.witness.to_text()), expand=False, highlight=False))
+    if len(result.anomalies) > 5:
+        console.print(f"... and {len(result.anomalies) - 5} more anomalies (see --report)")
+
+
+def check(
+    history: Annotated[Path | None, typer.Option(
+        "--history", help="Check this recorded JSONL history instead of running workloads.",
+        dir_okay=False)] = None,
+    backend: Annotated[str | None, typer.Option(
+        "--backend", "-b", help="Backend URL to run the suite against.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (replay).")] = None,
+    ops: Annotated[int | None, typer.Option("--ops", help="Ops per history.", min=1)] = None,
+    objects: Annotated[int | None, typer.Option("--objects", help="Objects per history.",
+                                                min=1)] = None,
+    clients: Annotated[int | None, typer.Option("--clients", help="Concurrent clients.",
+                                                min=1)] = None,
+    processes: Annotated[int | None, typer.Option("--processes", help="OS processes.",
+                                                  min=1)] = None,
+    faults: Annotated[str | None, typer.Option(
+        "--faults", help="Faults to inject: comma-separated kill,pause,errors.")] = None,
+    history_out: Annotated[Path | None, typer.Option(
+        "--history-out", help="Write the recorded history here (JSONL).", dir_okay=False)] = None,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Write a report: .html (timeline), .json (summary) or text.",
+        dir_okay=False)] = None,
+    budget: Annotated[int, typer.Option(
+        "--budget", help="Search steps per partition before the verdict is 'unknown'.",
+        min=1)] = DEFAULT_BUDGET,
+    timeout: Annotated[float | None, typer.Option(
+        "--timeout", help="Wall-clock limit in seconds for checking (then 'unknown').",
+        min=0.0)] = None,
+) -> None:
+    """Check linearizability per object: of a recorded history, or of a backend under load."""
+    run_opts = {"--backend": backend, "--seed": seed, "--ops": ops, "--objects": objects,
+                "--clients": clients, "--processes": processes, "--faults": faults,
+                "--history-out": history_out}
+    if history is None:
+        err.print("[yellow]duro check:[/yellow] running workloads against a backend is not yet "
+                  "available in this build; use [bold]duro check --history FILE[/bold] to check "
+                  "a recorded history.")
+        raise typer.Exit(EXIT_USAGE)
+    given = [name for name, v in run_opts.items() if v is not None]
+    if given:
+        err.print(f"[red]error:[/red] --history checks a recorded history; it cannot be combined "
+                  f"with {', '.join(given)}")
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        hist = History.load(history)
+    except HistoryError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    result = check_history(hist, budget=budget, timeout=timeout)
+    _print_result(result)
+    if report is not None:
+        try:
+            write_report(result, report, title=f"duro check {history.name}")
+        except OSError as exc:
+            err.print(f"[red]error:[/red] cannot write report {escape(str(report))}: "
+                      f"{escape(str(exc.strerror or exc))}", highlight=False)
+            raise typer.Exit(EXIT_USAGE) from None
+        console.print(f"report written to {report}", highlight=False)
+    raise typer.Exit({"ok": EXIT_OK, "anomaly": EXIT_ANOMALY, "unknown": EXIT_UNKNOWN}
+                     [result.verdict])
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``check`` command to *app*."""
+    app.command("check", help="Check per-object linearizability: of a recorded history "
+                "(--history FILE), or of a backend under concurrent load and faults.")(check)
