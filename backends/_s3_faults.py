@@ -10,6 +10,8 @@ an attempt (operation and a substring of the URL) is consumed and applied:
 - ``"timeout_after"``: send the request, then raise a read timeout (the write landed, but the
   client cannot know).
 - ``"slow"``: sleep ``delay`` seconds, then send normally.
+- ``"hook"``: call ``hook()`` (e.g. to let another writer act in this exact window), then send
+  normally: explicit interleavings without timing.
 
 Only tests use the injector (``backend._faults``); with nothing planned it costs one lock.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
@@ -28,7 +31,7 @@ from botocore.httpsession import URLLib3Session
 
 __all__ = ["FAULT_KINDS", "FaultInjector", "PlannedFault", "RequestCounts"]
 
-FAULT_KINDS: Final = ("409", "500", "503", "timeout_before", "timeout_after", "slow")
+FAULT_KINDS: Final = ("409", "500", "503", "timeout_before", "timeout_after", "slow", "hook")
 
 _ERRORS: Final = {
     "409": ("ConditionalRequestConflict",
@@ -46,6 +49,7 @@ class PlannedFault:
     op: str | None = None
     key: str | None = None
     delay: float = 0.0
+    hook: Callable[[], object] | None = None
 
     def matches(self, op: str, url: str) -> bool:
         """Whether this fault applies to an attempt of *op* on *url*."""
@@ -113,13 +117,16 @@ class FaultInjector:
         self._session: URLLib3Session | None = None
 
     def plan(self, kind: str, *, op: str | None = None, key: str | None = None,
-             count: int = 1, delay: float = 0.0) -> None:
+             count: int = 1, delay: float = 0.0,
+             hook: Callable[[], object] | None = None) -> None:
         """Plan *count* faults of *kind* for attempts of *op* (e.g. ``"PutObject"``) on URLs
         containing *key* (``None`` = any)."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; known: {', '.join(FAULT_KINDS)}")
+        if (kind == "hook") != (hook is not None):
+            raise ValueError("a hook= function goes with kind 'hook', and only with it")
         with self._lock:
-            self._planned.extend(PlannedFault(kind, op, key, delay) for _ in range(count))
+            self._planned.extend(PlannedFault(kind, op, key, delay, hook) for _ in range(count))
 
     def clear(self) -> None:
         """Drop every planned fault that has not fired."""
@@ -170,7 +177,10 @@ class FaultInjector:
             counts.add(op)
             self._forward(request)
             raise ReadTimeoutError(endpoint_url=request.url)
-        time.sleep(fault.delay)  # "slow"
+        if fault.hook is not None:
+            fault.hook()
+        else:
+            time.sleep(fault.delay)  # "slow"
         counts.add(op)
         return None
 
