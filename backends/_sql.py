@@ -805,7 +805,7 @@ def _open_error(exc: BaseException, where: str) -> DuroError:
     text = str(orig)
     if is_transient(orig):
         return BackendUnavailable(
-            f"{where}: the database is busy while opening ({text}); retry later", orig=orig)
+            f"{where}: the database is busy or unreachable ({text}); retry later", orig=orig)
     if "not a database" in text or "malformed" in text:
         return ConfigError(
             f"{where}: the file is not an SQLite database (or is corrupt or encrypted): {text}; "
