@@ -164,9 +164,11 @@ def _assert_lease(lease: Lease | None, epoch: int, owner: str | None, until: flo
 
 # -- the state machine ------------------------------------------------------------------------
 
+_short_texts = st.text(alphabet="ab\x00é😀", max_size=4)
 _keys = st.one_of(
     st.sampled_from(TRICKY_KEYS),
-    st.text(alphabet="ab\x00é😀", max_size=4).map(str.encode),
+    _short_texts.map(str.encode),
+    _short_texts.map(lambda t: b"x" * 1500 + t.encode()),  # long keys sharing a long prefix
 )
 _values = st.binary(min_size=1, max_size=40)
 _alarms = st.one_of(
@@ -388,6 +390,30 @@ class BackendConformance:
         backend.commit(ref, epoch, Batch(deletes={b"x" * 2047 + b"a", b"x" * 511}))
         del model[b"x" * 2047 + b"a"], model[b"x" * 511]
         assert _scan_all(backend, ref) == sorted(model.items())
+
+    def test_many_keys_and_long_key_groups(self, backend: Backend, backend_url: str) -> None:
+        ref = make_ref()
+        epoch = _acquire(backend, ref).epoch
+        n = examples_for(backend_url, 300)
+        short = {b"k%05d" % i: b"s%d" % i for i in range(n)}
+        long = {b"L" * 1500 + b"%05d" % i: b"l%d" % i for i in range(n)}
+        long |= {b"L" * 1500: b"base", b"L" * 2048: b"max"}
+        model = short | long
+        backend.commit(ref, epoch, Batch(puts=dict(short)))
+        backend.commit(ref, epoch, Batch(puts=dict(long)))
+        rows = sorted(model.items())
+        assert _scan_all(backend, ref) == rows
+        assert backend.scan(ref, None, None, reverse=True, limit=n // 2) == rows[::-1][: n // 2]
+        lo, hi = b"L" * 1500 + b"%05d" % (n // 3), b"L" * 1500 + b"%05d" % (2 * n // 3)
+        assert backend.scan(ref, lo, hi) == [r for r in rows if lo <= r[0] < hi]
+        assert backend.scan(ref, lo, hi, reverse=True, limit=5) == \
+            [r for r in rows if lo <= r[0] < hi][::-1][:5]
+        gone = {k for i, k in enumerate(sorted(long)) if i % 3 == 0}
+        backend.commit(ref, epoch, Batch(deletes=gone))
+        assert _scan_all(backend, ref) == [r for r in rows if r[0] not in gone]
+        assert backend.get_many(ref, sorted(long)) == {k: v for k, v in long.items()
+                                                        if k not in gone}
+        assert backend.get_many(ref, [b"k00001", b"k00001"]) == {b"k00001": b"s1"}
 
     def test_objects_are_isolated(self, backend: Backend) -> None:
         a, b = make_ref("NsA", "same"), make_ref("NsA", "other")
@@ -710,6 +736,8 @@ class BackendConformance:
         # a later acquire without a name keeps the recorded name
         _acquire(backend, named, "A", now=T0 + 1, until=T0 + 31)
         assert {i.ref: i.name for i in backend.list_objects("Fields")}[named] == "alice"
+        _acquire(backend, named, "A", now=T0 + 2, until=T0 + 32, name="alice2")
+        assert {i.ref: i.name for i in backend.list_objects("Fields")}[named] == "alice2"
 
     def test_list_objects_size_counts_key_and_value_bytes(self, backend: Backend) -> None:
         ref = make_ref()
