@@ -534,6 +534,59 @@ class BackendConformance:
         for i, r in enumerate(refs):
             assert _scan_all(backend, r) == [(b"j%03d" % j, b"%d" % i) for j in range(n)]
 
+    def test_threads_commit_to_one_object(self, backend: Backend, backend_url: str) -> None:
+        """Concurrent batches of one owner on one object all land (they may be grouped)."""
+        ref = make_ref()
+        epoch = _acquire(backend, ref).epoch
+        n = examples_for(backend_url, 20)
+        errors: list[BaseException] = []
+
+        def work(i: int) -> None:
+            try:
+                for j in range(n):
+                    backend.commit(ref, epoch, Batch(puts={b"t%d-%03d" % (i, j): b"v",
+                                                           b"last-%d" % i: b"%d" % j}))
+            except BaseException as exc:  # reported by the assert below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        expected = {b"t%d-%03d" % (i, j): b"v" for i in range(4) for j in range(n)}
+        expected |= {b"last-%d" % i: b"%d" % (n - 1) for i in range(4)}
+        assert dict(_scan_all(backend, ref)) == expected
+
+    def test_concurrent_acquires_have_one_winner(self, backend: Backend) -> None:
+        ref = make_ref()
+        before = _acquire(backend, ref, "setup", until=T0 + 1).epoch
+        barrier = threading.Barrier(6)
+        won: list[Lease] = []
+        held: list[Lease] = []
+        errors: list[BaseException] = []
+
+        def contender(i: int) -> None:
+            barrier.wait()
+            try:
+                won.append(_acquire(backend, ref, f"C{i}", now=T0 + 2, until=T0 + 60))
+            except LeaseHeld as exc:
+                held.append(exc.lease)
+            except BaseException as exc:  # reported by the assert below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=contender, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert len(won) == 1 and len(held) == 5, (won, held)
+        assert won[0].epoch == before + 1
+        assert all(h.epoch == won[0].epoch and h.owner == won[0].owner for h in held)
+        _assert_lease(backend.read_lease(ref), won[0].epoch, won[0].owner, T0 + 60)
+
     # -- leases -------------------------------------------------------------------------------
 
     def test_acquire_records_the_lease(self, backend: Backend) -> None:
@@ -818,6 +871,29 @@ class BackendConformance:
             assert c.epoch > a.epoch
             with pytest.raises(Fenced):
                 again.commit(ref, a.epoch, Batch(puts={b"stale": b"1"}))
+        finally:
+            again.close()
+
+    def test_deleted_objects_tombstone_survives_reopen(self, backend: Backend,
+                                                       backend_url: str) -> None:
+        if not self.cls_of(backend_url).persistent:
+            pytest.skip("backend is not persistent (capability flag persistent=False)")
+        ref = make_ref()
+        a = _acquire(backend, ref, "A", until=T0 + 10)
+        backend.commit(ref, a.epoch, Batch(puts={b"k": b"v"}, alarm=T0 + 5))
+        backend.delete_object(ref, a.epoch)
+        backend.close()
+        again = open_backend(backend_url)
+        try:
+            assert _scan_all(again, ref) == []
+            assert again.get_alarm(ref) is None
+            assert again.list_objects(ref.namespace) == []
+            assert again.due_alarms(T0 + 100) == []
+            b = _acquire(again, ref, "B", now=T0 + 11)
+            assert b.epoch > a.epoch
+            with pytest.raises(Fenced):
+                again.commit(ref, a.epoch, Batch(puts={b"zombie": b"1"}))
+            assert _scan_all(again, ref) == []
         finally:
             again.close()
 
