@@ -185,6 +185,8 @@ class _Env:
         self._cond = threading.Condition(self._lock)
         self._active = 0
         self._resizing = False
+        self.grown = 0  # times this process doubled the map
+        self.adopted = 0  # times it adopted a map grown by another process
         self._last_reader_check = time.monotonic()
         self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._submit = threading.Lock()
@@ -307,10 +309,12 @@ class _Env:
         try:
             if grow_from is None:
                 self.env.set_mapsize(0)
+                self.adopted += 1
             else:
                 current = self.env.info()["map_size"]
                 if current <= grow_from:
                     self.env.set_mapsize(max(current * 2, _MIN_MAP_SIZE))
+                    self.grown += 1
         except lmdb.Error as exc:
             raise BackendError(f"cannot resize the LMDB map of {self.path}: {_describe(exc)}",
                                orig=exc) from exc

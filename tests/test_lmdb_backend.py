@@ -169,13 +169,29 @@ def test_hash_collisions_of_long_keys_lose_nothing(
 
 
 def test_map_grows_from_a_tiny_map_size(tmp_path: Path) -> None:
-    url = url_for(tmp_path / "env", map_size="64KiB")
+    url = url_for(tmp_path / "env", map_size="64KiB", sync="off")  # growth ignores sync
     b = open_backend(url)
     try:
         assert isinstance(b, LMDBBackend)
         assert b._env.env.info()["map_size"] == 64 * 1024
         r = ref()
         epoch = own(b, r)
+        stop = threading.Event()
+        read_errors: list[BaseException] = []
+
+        def reader() -> None:  # reads keep working while the map is replaced under them
+            try:
+                while not stop.is_set():
+                    rows = b.scan(r, None, None, limit=50)
+                    assert all(len(v) == 1000 for k, v in rows if k.startswith(b"key"))
+                    b.get_many(r, [b"key00001"])
+                    time.sleep(0.0005)  # a busy-looping reader would hog the GIL
+            except BaseException as exc:
+                read_errors.append(exc)
+
+        readers = [threading.Thread(target=reader) for _ in range(2)]
+        for t in readers:
+            t.start()
         for i in range(300):
             b.commit(r, epoch, Batch(puts={b"key%05d" % i: bytes([i % 256]) * 1000}))
         big = {b"big%05d" % i: os.urandom(3000) for i in range(1000)}  # 3 MB in one batch
@@ -188,6 +204,11 @@ def test_map_grows_from_a_tiny_map_size(tmp_path: Path) -> None:
             t.start()
         for t in threads:
             t.join()
+        stop.set()
+        for t in readers:
+            t.join()
+        assert read_errors == []
+        assert isinstance(b, LMDBBackend) and b._env.grown >= 6
     finally:
         b.close()
     b = open_backend(url)
@@ -336,8 +357,10 @@ _WORKER = textwrap.dedent("""
         except Fenced:
             fenced += 1
         b.release(r, lease.epoch)
+    grown, adopted = b._env.grown, b._env.adopted
     b.close()
-    print(json.dumps({"done": done, "fenced": fenced, "held": held}))
+    print(json.dumps({"done": done, "fenced": fenced, "held": held, "grown": grown,
+                      "adopted": adopted}))
 """)
 
 
@@ -359,6 +382,46 @@ def test_processes_read_modify_write_lose_no_update(tmp_path: Path) -> None:
         assert b.get_many(r, [b"n"]) == {b"n": b"%d" % total}
         assert len(b.scan(r, b"pad-", b"pad.")) == total  # the map grew across processes
         assert b.read_lease(r) is not None
+        assert sum(res["grown"] for res in results) >= 1
+    finally:
+        b.close()
+
+
+_FOLLOWER = textwrap.dedent('''
+    import json, sys, time
+    from duro.backends import Batch, ObjectRef, open_backend
+    url, ns, oid = sys.argv[1:4]
+    b = open_backend(url)
+    r = ObjectRef(ns, oid)
+    print("ready", flush=True)
+    sys.stdin.readline()          # the other process grows the map meanwhile
+    rows = len(b.scan(r, None, None))
+    lease = b.acquire(r, owner="follower", address=None, now=time.time() + 1000,
+                      until=time.time() + 2000)
+    b.commit(r, lease.epoch, Batch(puts={b"follower": b"x" * 100_000}))
+    print(json.dumps({"rows": rows, "adopted": b._env.adopted}), flush=True)
+    b.close()
+''')
+
+
+def test_map_grown_by_another_process_is_adopted(tmp_path: Path) -> None:
+    url = url_for(tmp_path / "env", map_size="64KiB")
+    r = ref()
+    follower = subprocess.Popen([sys.executable, "-c", _FOLLOWER, url, r.namespace, r.id],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    assert follower.stdout is not None and follower.stdin is not None
+    assert follower.stdout.readline().strip() == "ready", follower.communicate()[1]
+    b = open_backend(url)
+    try:
+        epoch = own(b, r)
+        for i in range(20):
+            b.commit(r, epoch, Batch(puts={b"row%03d" % i: b"y" * 50_000}))  # 1 MB: 16x the map
+        out, err = follower.communicate("go\n", timeout=60)
+        assert follower.returncode == 0, err
+        res = json.loads(out)
+        assert res == {"rows": 20, "adopted": res["adopted"]} and res["adopted"] >= 1
+        assert len(b.get_many(r, [b"follower"])[b"follower"]) == 100_000
     finally:
         b.close()
 
