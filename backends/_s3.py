@@ -33,7 +33,7 @@ import os
 import secrets
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from typing import ClassVar, Final
 
@@ -144,6 +144,8 @@ class S3Backend(Backend):
                                            thread_name_prefix="duro-s3-io")
         # Checkpoints and per-object registry work; these may wait on the I/O pool.
         self._task_pool = ThreadPoolExecutor(4, thread_name_prefix="duro-s3-task")
+        self._background: set[Future[None]] = set()
+        self._background_lock = threading.Lock()
         self._closed = False
 
     # -- opening -----------------------------------------------------------------------------
@@ -547,7 +549,20 @@ class S3Backend(Backend):
         st.batches_since_snap = st.bytes_since_snap = 0
         st.snap_seq = seq
         o.checkpointing = True
-        self._task_pool.submit(self._checkpoint, o, seq, body, old)
+        future = self._task_pool.submit(self._checkpoint, o, seq, body, old)
+        with self._background_lock:
+            self._background.add(future)
+        future.add_done_callback(self._background_done)
+
+    def _background_done(self, future: Future[None]) -> None:
+        with self._background_lock:
+            self._background.discard(future)
+
+    def _drain(self) -> None:
+        """Wait until background checkpoints started so far are done (tests, benchmarks)."""
+        with self._background_lock:
+            pending = list(self._background)
+        wait(pending)
 
     def _checkpoint(self, o: _Obj, seq: int, body: bytes, old: list[int]) -> None:
         try:

@@ -255,6 +255,7 @@ def test_checkpoints_collect_batches_keep_fences_and_replay(
     la = a.acquire(r, owner="A", address=None, now=100.0, until=110.0)
     for i in range(5):
         a.commit(r, la.epoch, Batch(puts={b"k%d" % i: b"a%d" % i}, deletes={b"k%d" % (i - 2)}))
+        a._drain()  # let each background checkpoint finish, for a deterministic layout
         expected[b"k%d" % i] = b"a%d" % i
         expected.pop(b"k%d" % (i - 2), None)
     b = opened(url)
@@ -263,6 +264,7 @@ def test_checkpoints_collect_batches_keep_fences_and_replay(
     b.commit(r, lb.epoch, Batch(delete_all=True, puts={b"only": b"1"}))
     for i in range(3):
         b.commit(r, lb.epoch, put(f"b{i}", "x"))
+        b._drain()
     a.close()
     b.close()  # waits for background checkpoints
     records = log_records(raw, prefix)
@@ -291,7 +293,7 @@ def test_reader_racing_a_checkpoint_reloads(make_url: Any, opened: Any) -> None:
     assert state(reader, r) == {b"k0": b"0"}  # the reader caches the state as of slot 2
     for i in range(1, 6):
         a.commit(r, la.epoch, put(f"k{i}", str(i)))
-    a._task_pool.shutdown(wait=True)  # let checkpoints and GC finish
+        a._drain()  # let checkpoints and GC finish
     assert state(reader, r) == {f"k{i}".encode(): str(i).encode() for i in range(6)}
 
 
