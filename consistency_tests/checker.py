@@ -327,7 +327,7 @@ def _prechecks(obj: str, ops: Sequence[Operation], hist: History) -> list[Anomal
     good: dict[tuple[str, str], list[Operation]] = defaultdict(list)
     failed: dict[tuple[str, str], list[Operation]] = defaultdict(list)
     for op in ops:
-        for kv in _writes(op):
+        for kv in dict.fromkeys(_writes(op)):
             (good if _is_writer(op) else failed)[kv].append(op)
     out: list[Anomaly] = []
     flagged: set[tuple[str, str]] = set()

@@ -455,7 +455,7 @@ class History:
         return list(open_)
 
     def close_open(self, time: int, *, bounded: bool = True) -> History:
-        """A copy with an ``info`` completion at *time* for every open invoke.
+        """A copy with an ``info`` completion for every open invoke, appended at the end.
 
         With ``bounded`` (the default) each carries ``"bound": time`` — use it when the
         processes serving those ops are known to be gone (e.g. reaped after ``kill -9``).
@@ -467,13 +467,14 @@ class History:
             else:
                 open_.pop(ev.process, None)
         extra = {"bound": time} if bounded else {}
-        add = [Event(p, "info", e.f, e.object, e.key, None, time, dict(extra))
+        at = max(time, self.events[-1].time) if self.events else time
+        add = [Event(p, "info", e.f, e.object, e.key, None, at, dict(extra))
                for p, e in open_.items()]
         return History([*self.events, *add], source=self.source)
 
     def restrict(self, ops: Iterable[Operation]) -> History:
         """The sub-history holding only the events of *ops* (in their original order)."""
-        keep = sorted(i for op in ops for i in (op.call, op.done) if i is not None)
+        keep = sorted({i for op in ops for i in (op.call, op.done) if i is not None})
         return History([self.events[i] for i in keep], source=self.source)
 
 
