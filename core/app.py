@@ -112,6 +112,7 @@ class App:
         self._transport: Transport | None = None
         self._background: asyncio.Task[None] | None = None
         self._websockets: Any = None
+        self._http: Any = None  # a duro.server.Server when serving HTTP (duro serve)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -153,6 +154,8 @@ class App:
         if self._background is not None:
             self._background.cancel()
             await asyncio.gather(self._background, return_exceptions=True)
+        if self._http is not None:
+            await self._http.closing()  # WebSockets close with 1012: clients reconnect elsewhere
         instances = [i for ns in self._namespaces.values() for i in ns._instances.values()]
         await asyncio.gather(*(i.evict() for i in instances), return_exceptions=True)
         await self._shutdown()

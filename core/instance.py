@@ -40,6 +40,22 @@ current_call: contextvars.ContextVar[tuple[Instance, Chain] | None] = contextvar
 )
 """The instance whose turn is running, and the chain of objects in the current call."""
 
+INTERNAL_METHODS: dict[str, Callable[[Instance, bytes], Awaitable[Any]]] = {}
+"""Runtime events that run as turns under a ``__name__`` method (``__fetch__``, WebSocket
+events); registered by :mod:`duro.fetch` and :mod:`duro.websockets`."""
+
+
+def _internal(method: str) -> Callable[[Instance, bytes], Awaitable[Any]]:
+    handler = INTERNAL_METHODS.get(method)
+    if handler is None:
+        import duro.fetch
+        import duro.websockets  # noqa: F401 - both register their events on import
+
+        handler = INTERNAL_METHODS.get(method)
+        if handler is None:
+            raise AttributeError(f"unknown internal method {method!r}")
+    return handler
+
 
 class Gone(Exception):  # noqa: N818 - internal signal
     """The instance stopped taking events before this one started: dispatch it again."""
@@ -268,8 +284,11 @@ class Instance:
         self.stats.turns += 1
         token = current_call.set((self, (*ev.chain, self.key)))
         try:
-            args, kwargs = decode_args(ev.payload)
-            value = await getattr(self.obj, ev.method)(*args, **kwargs)
+            if ev.method.startswith("__"):
+                value = await _internal(ev.method)(self, ev.payload)
+            else:
+                args, kwargs = decode_args(ev.payload)
+                value = await getattr(self.obj, ev.method)(*args, **kwargs)
             out = encode_result(value)
         except Exception as exc:  # noqa: BLE001 - every error is an output of the call
             out = pack_error(exc)

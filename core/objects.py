@@ -75,6 +75,21 @@ class Context:
         hub = self._inst.app._websockets
         return [] if hub is None else hub.sockets(self._inst, tag)
 
+    def get_tags(self, ws: Any) -> list[str]:
+        """The tags *ws* was accepted with."""
+        return list(ws.tags)
+
+    def set_websocket_auto_response(self, request: str | None = None,
+                                    response: str | None = None) -> None:
+        """Answer the text message *request* with *response* without waking the object.
+
+        The pair outlives eviction (while the object's sockets stay open); no arguments clear it.
+        """
+        hub = self._inst.app._websockets
+        if hub is None:
+            raise RuntimeError("WebSockets need the HTTP server: run the app with `duro serve`")
+        hub.set_auto_response(self._inst, request, response)
+
 
 class DurableObject:
     """Subclass this to define a durable object.

@@ -81,8 +81,12 @@ class Transport:
             sock.close()
             raise ConfigError(f"cannot listen on {listen}: {exc.strerror}", orig=exc) from exc
         bound = sock.getsockname()[1]
-        web = Starlette(routes=[Route("/_duro/call", self._handle, methods=["POST"])])
-        config = uvicorn.Config(web, log_level="warning", lifespan="off", access_log=False)
+        routes = [Route("/_duro/call", self._handle, methods=["POST"])]
+        http = self._app._http  # duro.server.Server: objects over HTTP on the same port
+        web: Any = Starlette(routes=routes) if http is None else http.asgi(routes)
+        options: dict[str, Any] = {} if http is None else http.uvicorn_options()
+        config = uvicorn.Config(web, log_level="warning", lifespan="off", access_log=False,
+                                **options)
         self._server = _Server(config)
         self._task = asyncio.ensure_future(self._server.serve(sockets=[sock]))
         while not self._server.started:

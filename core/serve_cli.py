@@ -1,0 +1,135 @@
+"""``duro serve module:app``: serve a :class:`duro.App`'s objects over HTTP and WebSockets."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from duro.errors import ConfigError
+
+__all__ = ["load_app", "register", "serve"]
+
+
+def load_app(target: str) -> Any:
+    """Import ``module:attr`` or ``path/to/file.py:attr`` (``attr`` defaults to ``app``).
+
+    *attr* is a :class:`duro.App`, or a callable with no arguments returning one.
+    """
+    from duro.app import App
+
+    module_name, _, attr = target.partition(":")
+    attr = attr or "app"
+    if module_name.endswith(".py") or "/" in module_name:
+        path = Path(module_name)
+        if not path.is_file():
+            raise ConfigError(f"no such file: {module_name}")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        if spec is None or spec.loader is None:
+            raise ConfigError(f"cannot import {module_name}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module
+        spec.loader.exec_module(module)
+    else:
+        if "" not in sys.path:
+            sys.path.insert(0, "")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            raise ConfigError(f"cannot import {module_name!r}: {exc}") from exc
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"{module_name} has no attribute {attr!r}") from None
+    if not isinstance(obj, App) and callable(obj):
+        obj = obj()
+    if not isinstance(obj, App):
+        raise ConfigError(f"{target} is a {type(obj).__name__}, not a duro.App")
+    return obj
+
+
+async def serve(app: Any, *, host: str = "127.0.0.1", port: int = 8787,
+                backend: str | None = None, advertise: str | None = None,
+                ready: Any = None, **limits: Any) -> None:
+    """Run *app* (a not yet started :class:`duro.App`) as an HTTP server until SIGINT/SIGTERM."""
+    from duro.config import resolve_backend_url
+    from duro.server import configure
+
+    if backend is not None:
+        app.url = resolve_backend_url(backend)
+        app._backend_obj = None
+    if app._http is None:
+        configure(app, **limits)
+    app.listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    app._advertise = advertise
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await app.start()
+    try:
+        shown = app.address
+        if shown.startswith(("0.0.0.0:", "[::]:")) or advertise:  # noqa: S104
+            shown = f"{host}:{shown.rsplit(':', 1)[1]}"
+        names = ", ".join(sorted(app._namespaces)) or "(none)"
+        line = f"duro serve: http://{shown} backend={app.url} namespaces={names}"
+        print(line, flush=True)
+        if ready is not None:
+            ready(app)
+        await stop.wait()
+    finally:
+        await app.close()
+
+
+def register(cli: typer.Typer) -> None:
+    """Add ``duro serve`` to the ``duro`` command line."""
+
+    @cli.command("serve")
+    def serve_cmd(
+        target: Annotated[str, typer.Argument(
+            help="The duro.App to serve: module:attr or path/to/file.py:attr.")],
+        host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8787,
+        backend: Annotated[str | None, typer.Option(
+            "--backend", "-b", help="Backend URL (overrides the App's).")] = None,
+        advertise: Annotated[str | None, typer.Option(
+            help="host:port other processes use to reach this one (default: the bound one).")
+        ] = None,
+        max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 8 << 20,
+        max_message_bytes: Annotated[int, typer.Option(
+            help="Largest WebSocket message.")] = 1 << 20,
+    ) -> None:
+        """Serve objects over HTTP and WebSockets: /<namespace>/name/<name>/<path> and
+        /<namespace>/id/<64-hex id>/<path> reach the object's fetch(request)."""
+        app = load_app(target)
+        runner_kw: dict[str, Any] = {}
+        try:
+            import uvloop
+
+            runner_kw["loop_factory"] = uvloop.new_event_loop
+        except ImportError:  # pragma: no cover - uvicorn[standard] brings uvloop
+            pass
+        with asyncio.Runner(**runner_kw) as runner:
+            runner.run(serve(app, host=host, port=port, backend=backend, advertise=advertise,
+                             max_body_bytes=max_body_bytes, max_message_bytes=max_message_bytes))
+
+
+def main() -> None:
+    """``python -m duro.serve_cli module:app [options]`` (the same as ``duro serve``)."""
+    cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    register(cli)
+    try:
+        cli()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,388 @@
+"""Serving durable objects over HTTP and WebSockets (the ASGI app behind ``duro serve``).
+
+Routes, on the same port as the forwarding endpoint ``/_duro/call`` of
+:mod:`duro.transport` (one port per process):
+
+- ``/<namespace>/name/<name>/<path>`` - the object ``id_from_name(name)``;
+- ``/<namespace>/id/<64-hex>/<path>`` - the object with that ID (400 if malformed);
+
+each reaching the object's ``fetch(request)`` (404 for an unknown namespace or a class without
+``fetch``). The request runs on the object's owner: here, or forwarded by value to the process
+holding its lease, like any stub call; the response leaves through the output gate. A WebSocket
+upgrade on the same routes is offered to ``fetch`` in the owner process (``request.websocket``);
+at another process it is proxied to the owner. Overload answers 503 with ``Retry-After``.
+
+Use :func:`configure` before the App starts (``duro serve`` does it), for instance to add an
+``auth`` hook: ``auth(conn, namespace, object_id)`` (sync or async; ``conn`` is Starlette's
+``HTTPConnection``) returns ``True``/``None`` to let the request in, ``False`` for 403, or a
+:class:`duro.fetch.Response` to answer with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import unquote
+
+from starlette.applications import Starlette
+from starlette.requests import HTTPConnection, Request
+from starlette.websockets import WebSocket as ASGIWebSocket
+
+from duro.calls import unpack
+from duro.errors import (
+    BackendUnavailable,
+    CallTimeout,
+    InvalidObjectId,
+    ObjectReset,
+    Overloaded,
+)
+from duro.fetch import FETCH_METHOD, Response, encode_request, response_from_value
+from duro.fetch import Request as DuroRequest
+from duro.instance import Gone
+from duro.websockets import CODE_MOVED, Hub, local_instance
+
+if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
+    from starlette.types import Receive, Scope, Send
+
+    from duro.app import App
+    from duro.ids import ObjectId
+    from duro.namespace import Namespace
+
+__all__ = ["AuthHook", "Server", "ServerOptions", "configure"]
+
+log = logging.getLogger("duro.server")
+
+AuthHook = Callable[[HTTPConnection, str, "ObjectId"], "bool | Response | None | Awaitable[Any]"]
+HOPS_HEADER: Final = "x-duro-hops"
+_HOP_BY_HOP: Final = frozenset({
+    "host", "upgrade", "connection", "keep-alive", "transfer-encoding", "content-length",
+    "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
+    "sec-websocket-protocol", "sec-websocket-accept", HOPS_HEADER,
+})
+_PHRASES: Final = {400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+                   413: "Content Too Large", 500: "Internal Server Error",
+                   503: "Service Unavailable", 504: "Gateway Timeout"}
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Limits and hooks of the HTTP server."""
+
+    max_body_bytes: int = 8 * 1024 * 1024
+    """Largest request body (413 beyond)."""
+    max_message_bytes: int = 1024 * 1024
+    """Largest WebSocket message, either way (close code 1009 beyond)."""
+    max_sockets_per_object: int = 32768
+    retry_after: int = 1
+    """Seconds in ``Retry-After`` of 503 answers."""
+    auth: AuthHook | None = None
+
+
+class _Refused(Exception):  # noqa: N818 - internal signal
+    def __init__(self, status: int, message: str = "", headers: dict[str, str] | None = None,
+                 response: Response | None = None) -> None:
+        super().__init__(message)
+        self.response = response or _error(status, message, headers)
+
+
+def _error(status: int, message: str = "", headers: dict[str, str] | None = None) -> Response:
+    phrase = _PHRASES.get(status, "Error")
+    return Response.text(f"{status} {phrase}" + (f": {message}" if message else "") + "\n",
+                         status, headers)
+
+
+class Server:
+    """One App's HTTP/WebSocket front: an ASGI app served by the App's transport."""
+
+    def __init__(self, app: App, options: ServerOptions) -> None:
+        self.app = app
+        self.options = options
+        self.hub = Hub(app, max_message_bytes=options.max_message_bytes,
+                       max_sockets_per_object=options.max_sockets_per_object)
+        self._internal: Starlette | None = None
+        self._proxies: set[asyncio.Task[Any]] = set()
+
+    # -- wiring (called by duro.transport and duro.app) -------------------------------------------
+
+    def asgi(self, internal_routes: list[BaseRoute]) -> Server:
+        """The ASGI app: *internal_routes* (``/_duro/...``) plus the object routes."""
+        self._internal = Starlette(routes=internal_routes)
+        return self
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        """Options for uvicorn's ``Config``."""
+        return {"ws_max_size": self.options.max_message_bytes + 1024}
+
+    async def closing(self) -> None:
+        """The App is closing: close every WebSocket with 1012 so clients reconnect elsewhere."""
+        await self.hub.close_all(CODE_MOVED, "server closing")
+
+    # -- ASGI -------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):
+            return
+        path: str = scope["path"]
+        if path.startswith("/_duro/"):
+            assert self._internal is not None
+            await self._internal(scope, receive, send)
+            return
+        raw: bytes = scope.get("raw_path") or path.encode()
+        parts = raw.decode("latin-1").split("?", 1)[0].split("/", 4)
+        try:
+            if len(parts) < 4 or parts[0] or parts[2] not in ("name", "id") or not parts[3]:
+                raise _Refused(404, "use /<namespace>/name/<name>/<path> or "
+                               "/<namespace>/id/<64-hex id>/<path>")
+            ns, oid = self._target(unquote(parts[1]), parts[2], unquote(parts[3]))
+            rest = "/" + (unquote(parts[4]) if len(parts) == 5 else "")
+            if kind == "http":
+                await self._http(scope, receive, send, ns, oid, rest)
+            else:
+                await self._websocket(ASGIWebSocket(scope, receive, send), ns, oid, rest)
+        except _Refused as refused:
+            if kind == "http":
+                await _send_response(send, refused.response)
+            else:
+                await _deny(ASGIWebSocket(scope, receive, send), refused.response)
+
+    def _target(self, ns_name: str, kind: str, ident: str) -> tuple[Namespace[Any], ObjectId]:
+        ns = self.app._namespaces.get(ns_name)
+        if ns is None:
+            raise _Refused(404, f"no namespace {ns_name!r}")
+        if not callable(getattr(ns.cls, "fetch", None)):
+            raise _Refused(404, f"{ns.cls.__qualname__} has no fetch()")
+        try:
+            oid = ns.id_from_name(ident) if kind == "name" else ns.id_from_string(ident)
+        except InvalidObjectId as exc:
+            raise _Refused(400, str(exc)) from None
+        return ns, oid
+
+    async def _authorize(self, conn: HTTPConnection, ns: Namespace[Any], oid: ObjectId) -> None:
+        auth = self.options.auth
+        if auth is None:
+            return
+        verdict = auth(conn, ns.name, oid)
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+        if verdict is False:
+            raise _Refused(403)
+        if isinstance(verdict, Response):
+            raise _Refused(verdict.status, response=verdict)
+
+    # -- HTTP -------------------------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send, ns: Namespace[Any],
+                    oid: ObjectId, rest: str) -> None:
+        request = Request(scope, receive)
+        await self._authorize(request, ns, oid)
+        limit = self.options.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _Refused(413, f"the body limit is {limit:,} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _Refused(413, f"the body limit is {limit:,} bytes")
+            chunks.append(chunk)
+        client = f"{scope['client'][0]}:{scope['client'][1]}" if scope.get("client") else None
+        req = DuroRequest(request.method, str(request.url), rest,
+                          query_string=scope.get("query_string", b"").decode("latin-1"),
+                          headers=[(k.decode("latin-1"), v.decode("latin-1"))
+                                   for k, v in scope["headers"]],
+                          body=b"".join(chunks), client=client)
+        resp = await self._fetch(ns, oid, encode_request(req))
+        await _send_response(send, resp)
+
+    async def _fetch(self, ns: Namespace[Any], oid: ObjectId, payload: bytes) -> Response:
+        """Run ``fetch`` on the owner (here or forwarded); map failures to HTTP statuses."""
+        retry = {"retry-after": str(self.options.retry_after)}
+        try:
+            async with asyncio.timeout(self.app.config.call_timeout):
+                reply = await ns._invoke(oid, FETCH_METHOD, payload, ())
+            return response_from_value(unpack(reply))
+        except TimeoutError:
+            return _error(504, "the object did not answer in time")
+        except CallTimeout as exc:
+            return _error(504, exc.message)
+        except Overloaded as exc:
+            return _error(503, exc.message, retry)
+        except (ObjectReset, BackendUnavailable) as exc:
+            return _error(503, exc.message, retry)
+        except Exception:  # noqa: BLE001 - the object's own error: logged where it ran
+            return _error(500)
+
+    # -- WebSockets -------------------------------------------------------------------------------
+
+    async def _websocket(self, conn: ASGIWebSocket, ns: Namespace[Any], oid: ObjectId,
+                         rest: str) -> None:
+        from duro.app import AppClosing
+        from duro.namespace import MAX_HOPS, Elsewhere
+
+        await self._authorize(conn, ns, oid)
+        hops = int(conn.headers.get(HOPS_HEADER, "0") or 0)
+        while True:
+            try:
+                inst = await local_instance(ns, oid)
+            except Elsewhere as where:
+                if hops >= MAX_HOPS:
+                    raise _Refused(503, "the object's owner could not be reached",
+                                   {"retry-after": str(self.options.retry_after)}) from None
+                await self._proxy(conn, where.address, hops)
+                return
+            except AppClosing:
+                raise _Refused(503, "server closing",
+                               {"retry-after": str(self.options.retry_after)}) from None
+            rec = self.hub.open(conn, ns, oid)
+            client = f"{conn.client.host}:{conn.client.port}" if conn.client else None
+            req = DuroRequest("GET", str(conn.url), rest,
+                              query_string=conn.scope.get("query_string", b"").decode("latin-1"),
+                              headers=[(k.decode("latin-1"), v.decode("latin-1"))
+                                       for k, v in conn.scope["headers"]], client=client)
+            try:
+                reply = await inst.call(FETCH_METHOD, encode_request(req, rec.sid), ())
+            except Gone:
+                self.hub.discard(rec)
+                continue
+            except Overloaded as exc:
+                self.hub.discard(rec)
+                raise _Refused(503, exc.message,
+                               {"retry-after": str(self.options.retry_after)}) from None
+            except BaseException:
+                self.hub.discard(rec)
+                raise
+            break
+        try:
+            resp = response_from_value(unpack(reply))
+        except ObjectReset as exc:
+            resp = _error(503, exc.message, {"retry-after": str(self.options.retry_after)})
+        except Exception:  # noqa: BLE001 - logged where it ran
+            resp = _error(500)
+        if resp.status != 101 or rec.state == "pending":
+            self.hub.discard(rec)
+            if resp.status == 101:
+                resp = _error(500, "fetch answered 101 without ctx.accept_websocket()")
+            raise _Refused(resp.status, response=resp)
+        if rec.state != "open":  # closed by the object, or moved, before the handshake
+            self.hub.discard(rec)
+            raise _Refused(503, "the WebSocket was closed before it opened",
+                           {"retry-after": str(self.options.retry_after)})
+        await conn.accept(subprotocol=resp.header("sec-websocket-protocol"))
+        await self.hub.run(rec)
+
+    async def _proxy(self, conn: ASGIWebSocket, address: str, hops: int) -> None:
+        """Relay a WebSocket to the owner process at *address*, both ways, until either closes."""
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+        scope = conn.scope
+        path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        qs = scope.get("query_string", b"").decode("latin-1")
+        url = f"ws://{address}{path}" + (f"?{qs}" if qs else "")
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
+                   if k.decode("latin-1").lower() not in _HOP_BY_HOP]
+        headers.append((HOPS_HEADER, str(hops + 1)))
+        protocols = [p.strip() for p in conn.headers.get("sec-websocket-protocol", "").split(",")
+                     if p.strip()]
+        retry = {"retry-after": str(self.options.retry_after)}
+        try:
+            upstream = await connect(url, additional_headers=headers,
+                                     subprotocols=protocols or None,  # type: ignore[arg-type]
+                                     max_size=self.options.max_message_bytes + 1024,
+                                     open_timeout=self.app.config.call_timeout,
+                                     compression=None, ping_interval=None)
+        except InvalidStatus as exc:
+            r = exc.response
+            keep = [(k, v) for k, v in r.headers.raw_items()
+                    if k.lower() in ("content-type", "retry-after")]
+            raise _Refused(r.status_code, response=Response(r.body or b"", r.status_code,
+                                                           keep)) from None
+        except (OSError, WebSocketException, TimeoutError):
+            raise _Refused(503, "the object's owner could not be reached", retry) from None
+        async with upstream:
+            await conn.accept(subprotocol=upstream.subprotocol)
+
+            async def downstream() -> tuple[int, str]:
+                try:
+                    async for msg in upstream:
+                        if isinstance(msg, str):
+                            await conn.send_text(msg)
+                        else:
+                            await conn.send_bytes(msg)
+                except ConnectionClosed:
+                    pass
+                rcvd = upstream.close_code
+                code = rcvd if rcvd not in (None, 1005, 1006) else CODE_MOVED
+                return code, upstream.close_reason or ""
+
+            async def upstream_pump() -> tuple[int, str]:
+                while True:
+                    msg = await conn.receive()
+                    if msg["type"] == "websocket.disconnect":
+                        code = int(msg.get("code") or 1000)
+                        return (code if code not in (1005, 1006) else 1000,
+                                msg.get("reason") or "")
+                    data = msg.get("text")
+                    try:
+                        await upstream.send(data if data is not None else msg.get("bytes") or b"")
+                    except ConnectionClosed:
+                        return 1000, ""
+
+            down = asyncio.ensure_future(downstream())
+            up = asyncio.ensure_future(upstream_pump())
+            done, _ = await asyncio.wait([down, up], return_when=asyncio.FIRST_COMPLETED)
+            if down in done:  # the owner closed: pass its code on (1012: reconnect)
+                code, reason = down.result()
+                up.cancel()
+                with contextlib.suppress(Exception):
+                    await conn.close(code, reason)
+            else:  # the client left: tell the owner
+                code, reason = up.result()
+                with contextlib.suppress(Exception):
+                    await upstream.close(code, reason)
+                down.cancel()
+            await asyncio.gather(down, up, return_exceptions=True)
+
+
+async def _send_response(send: Send, resp: Response) -> None:
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in resp.headers
+               if k != "content-length"]
+    headers.append((b"content-length", str(len(resp.body)).encode()))
+    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    await send({"type": "http.response.body", "body": resp.body})
+
+
+async def _deny(conn: ASGIWebSocket, resp: Response) -> None:
+    from starlette.responses import Response as StarletteResponse
+
+    out = StarletteResponse(resp.body, resp.status)
+    for k, v in resp.headers:
+        if k != "content-length":
+            out.headers.append(k, v)
+    try:
+        await conn.send_denial_response(out)
+    except RuntimeError:  # the server lacks the denial extension: a bare 403
+        await conn.close(1008)
+
+
+def configure(app: App, *, auth: AuthHook | None = None, **limits: Any) -> Server:
+    """Serve *app*'s objects over HTTP/WebSockets on its listen address (before it starts).
+
+    *limits* are :class:`ServerOptions` fields (``max_body_bytes``, ``max_message_bytes``, …).
+    Calling it again replaces the options.
+    """
+    if app._state != "new":
+        raise RuntimeError("configure() must run before the App starts")
+    options = ServerOptions(auth=auth, **limits)
+    server = Server(app, options)
+    app._http = server
+    app._websockets = server.hub
+    return server
