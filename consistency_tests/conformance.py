@@ -909,7 +909,7 @@ class BackendConformance:
             Machine,
             settings=settings(
                 max_examples=examples_for(backend_url, 50),
-                stateful_step_count=20,
+                stateful_step_count=12 if BackendURL.parse(backend_url).scheme == "s3" else 20,
                 deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
             ),
