@@ -66,11 +66,13 @@ class Histogram:
         return 2.0 * self._gamma**index / (self._gamma + 1.0)
 
     def percentile(self, p: float) -> float:
-        """The value (ns) at percentile *p* (0-100); 0.0 when empty."""
+        """The value (ns) at percentile *p* (0-100); 0.0 when empty; 100 is the exact max."""
         if not 0.0 <= p <= 100.0:
             raise ValueError("percentile must be between 0 and 100")
         if self.count == 0:
             return 0.0
+        if p >= 100.0:
+            return float(self.max)
         rank = max(1, math.ceil(p / 100.0 * self.count))
         seen = 0
         for index in sorted(self._counts):

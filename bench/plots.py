@@ -65,8 +65,9 @@ def plot_reports(reports: list[Report], path: Path, labels: list[str] | None = N
                 base = [(r.clients, r.baseline_ops_per_s) for r in series
                         if r.baseline_ops_per_s]
                 if base and i == 0:
-                    ax_t.axhline(base[0][1], color=colours[backend], alpha=0.35, linewidth=1,
-                                 linestyle=":", label=f"{series[0].baseline} (raw)")
+                    ax_t.plot([b[0] for b in base], [b[1] for b in base], ":", marker="s",
+                              markerfacecolor="none", color=colours[backend], alpha=0.6,
+                              label=f"{series[0].baseline} (raw, same run)")
                 ax_l.plot(xs, [r.p99_ms for r in series], style, marker="o",
                           color=colours[backend], label=f"{name} p99")
                 ax_l.plot(xs, [r.p50_ms for r in series], style, marker="x", alpha=0.5,

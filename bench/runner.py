@@ -105,13 +105,15 @@ class BenchConfig:
     seed: int = 1
     quick: bool = False
     step_timeout: float = 300.0
+    pad_sweep: bool = True
+    """Bring fresh stores to steady state before sweep runs too (target runs always do)."""
 
     @classmethod
     def quick_preset(cls, **overrides: Any) -> BenchConfig:
         """Short runs over a small sweep: under a minute on sqlite + lmdb."""
         base = cls(clients=[1, 64], objects=[1], value_sizes=[100], records=200,
-                   fan_out_objects=32, duration=0.4, max_ops=50_000, target_duration=0.6,
-                   quick=True, step_timeout=120.0)
+                   fan_out_objects=32, duration=0.3, max_ops=50_000, target_duration=0.6,
+                   quick=True, step_timeout=120.0, pad_sweep=False)
         for k, v in overrides.items():
             setattr(base, k, v)
         return base
@@ -142,6 +144,7 @@ class BenchConfig:
             "s3_latency_s": self.s3_latency if self.s3 else None,
             "seed": self.seed,
             "quick": self.quick,
+            "steady_state_pad": "targets and sweep" if self.pad_sweep else "targets only",
             "key_distribution": "zipfian(0.99) for ycsb-*, uniform otherwise",
             "baselines": "same op stream, one thread, one operation per transaction",
         }
@@ -339,13 +342,14 @@ class Runner:
         root = (spec.raw_dir or self.run_dir) if not spec.fresh else self.run_dir
         return root / f"raw-{tag}-{uuid.uuid4().hex[:6]}"
 
-    def _raw_store(self, spec: BackendSpec, tag: str) -> RawStore:
+    def _raw_store(self, spec: BackendSpec, tag: str, *, pad: bool = True) -> RawStore:
         path = self._raw_path(spec, tag)
         store: RawStore
         if spec.kind in ("sqlite", "lmdb"):
             store = (RawSQLite(path / "raw.db", spec.sync) if spec.kind == "sqlite"
                      else RawLMDB(path / "raw.lmdb", spec.sync))
-            store.pad(PAD_COUNT, PAD_SIZE)
+            if pad:
+                store.pad(PAD_COUNT, PAD_SIZE)
             return store
         if spec.kind == "s3":
             url = spec.url or ""
@@ -387,8 +391,13 @@ class Runner:
         records: int,
         value: bytes,
         body: Callable[[Any, list[Any]], Awaitable[Measurement]],
+        *,
+        pad: bool = True,
     ) -> Measurement:
-        """Load *records* into each object (in a first App), then time *body* in a fresh App."""
+        """Load *records* into each object (in a first App), then time *body* in a fresh App.
+
+        With *pad*, a file store is first brought to steady state (see :data:`PAD_COUNT`).
+        """
         import duro
         from duro.bench.objects import BenchObject
 
@@ -412,7 +421,7 @@ class Runner:
                 ns = app.namespace(BenchObject, name=ns_name)
                 stubs = [ns.get_by_name(n) for n in names]
                 await asyncio.gather(*(s.noop() for s in stubs))
-                if spec.kind != "s3":
+                if pad and spec.kind not in ("s3", "memory"):
                     await ns.get_by_name("~pad").pad(PAD_COUNT, PAD_SIZE)
                 return await body(ns, stubs)
         finally:
@@ -497,7 +506,7 @@ class Runner:
         records = self._records(spec)
         values = payload_ring(size)
         names = [f"o{i}" for i in range(objects)]
-        store = self._raw_store(spec, wl.name)
+        store = self._raw_store(spec, wl.name, pad=cfg.pad_sweep)
         try:
             for name in names:
                 store.load(name, records, values[0])
@@ -525,7 +534,7 @@ class Runner:
             if spec.has_baseline:
                 self._expect_baseline(result, key)
             await self._guard(result, self._with_app(spec, wl.name, names, records, values[0],
-                                                     body))
+                                                     body, pad=cfg.pad_sweep))
 
         return Step(f"{wl.name} {spec.label} clients={clients} objects={objects} value={size}",
                     run)
@@ -648,7 +657,7 @@ class Runner:
                 self._discard(store)
 
         return self._target("cached-get sqlite (in-object)", spec, result,
-                            "sqlite3 point SELECT", ["o0"], records, value, body)
+                            "sqlite3 SELECT", ["o0"], records, value, body)
 
     def _stub_call(self) -> Step:
         cfg = self.config
@@ -664,7 +673,7 @@ class Runner:
             self._baselines[key], m = await self._paired(cfg.target_duration, base, duro_side)
             return m
 
-        return self._target("stub-call memory", spec, result, "plain async method call",
+        return self._target("stub-call memory", spec, result, "plain async call",
                             ["o0"], 0, b"", body)
 
     def _group_commit(self, spec: BackendSpec, clients: int) -> Step:
@@ -688,7 +697,7 @@ class Runner:
                 self._discard(store)
 
         return self._target(f"group-commit {spec.label} clients={clients}", spec, result,
-                            f"raw {_raw_name(spec)} commit per write", ["o0"], records,
+                            f"{_raw_name(spec)} txn/write", ["o0"], records,
                             values[0], body)
 
     def _lone_put(self, spec: BackendSpec) -> Step:
@@ -729,7 +738,7 @@ class Runner:
                 self._discard(store)
 
         return self._target(f"lone-put {spec.label}", spec, result,
-                            f"raw {_raw_name(spec)} write txn", ["o0"], 0, b"", body)
+                            f"{_raw_name(spec)} txn/write", ["o0"], 0, b"", body)
 
     def _diskcache(self, spec: BackendSpec, clients: int) -> Step:
         cfg = self.config
@@ -754,7 +763,7 @@ class Runner:
                 remove_tree(store.path)
 
         return self._target(f"diskcache-set {spec.label} clients={clients}", spec, result,
-                            "diskcache Cache.set", ["o0"], records, values[0], body)
+                            "diskcache set", ["o0"], records, values[0], body)
 
     def _s3_group_commit(self, spec: BackendSpec) -> Step:
         cfg = self.config
@@ -775,7 +784,7 @@ class Runner:
             finally:
                 store.close()
 
-        return self._target("s3-group-commit", spec, result, "boto3 one PUT per write", ["o0"],
+        return self._target("s3-group-commit", spec, result, "boto3 PUT/write", ["o0"],
                             0, b"", body)
 
     def _s3_objects(self, spec: BackendSpec, n: int = 32) -> Step:
@@ -796,7 +805,7 @@ class Runner:
             self._baselines[key], m = await self._paired(duration, base, duro_side)
             return m
 
-        return self._target(f"s3-objects {n}", spec, result, "duro s3, 1 object, 1 caller",
+        return self._target(f"s3-objects {n}", spec, result, "duro s3 1 object",
                             names, 0, b"", body)
 
     # ---------------------------------------------------------------- putting it together
@@ -821,33 +830,35 @@ class Runner:
             return None if r is None else r.ratio
 
         out: list[Target] = []
+        if not self.config.targets:
+            return out
         r = row("cached-get", "sqlite")
-        out.append(Target("cached-get", "in-object cached get vs raw sqlite3 point SELECT",
+        out.append(Target("cached-get", "cached get (in-object) vs sqlite3 point SELECT",
                           "ratio", ratio(r), ">=", 10.0))
         r = row("stub-call", "memory")
         note = None
         if r is not None and r.baseline_ops_per_s:
             note = (f"plain async call {r.baseline_ops_per_s:,.0f}/s; "
                     f"ratio {r.ratio or 0:.3f}")
-        out.append(Target("stub-call", "stub calls/s to one object, in-process, no storage",
+        out.append(Target("stub-call", "stub calls/s, one object, in-process, no storage",
                           "calls/s", None if r is None else r.ops_per_s, ">=", 20_000.0,
                           note=note))
         for backend, needed in (("sqlite", 5.0), ("lmdb", 5.0), ("lmdb", 10.0)):
             r = row("group-commit", backend)
             out.append(Target(f"group-commit-{backend}-{needed:g}x",
-                              f"64 callers, durable writes to one object vs raw commit-per-write"
-                              f", {backend} sync=full", "ratio", ratio(r), ">=", needed,
+                              f"{backend} sync=full: 64 callers on one object vs raw "
+                              "commit per write", "ratio", ratio(r), ">=", needed,
                               note="lmdb issue asks 10x" if needed == 10.0 else None))
         for backend in ("sqlite", "lmdb"):
             r = row("lone-put", backend)
             time_ratio = None if r is None or not r.ratio else round(1.0 / r.ratio, 4)
             out.append(Target(f"lone-put-{backend}",
-                              f"lone awaited put vs raw {backend} commit, sync=full",
+                              f"{backend} sync=full: lone awaited put vs raw commit",
                               "time ratio (duro/raw)", time_ratio, "<=", 1.3))
         r = row("diskcache-set", "sqlite sync=normal", 64)
-        out.append(Target("diskcache", "duro sqlite sync=normal (64 callers) vs diskcache set",
+        out.append(Target("diskcache", "sqlite sync=normal, 64 callers vs diskcache set",
                           "ratio", ratio(r), ">=", 3.0))
-        if any(s.kind == "s3" for s in self.specs) and self.config.targets:
+        if any(s.kind == "s3" for s in self.specs):
             r = row("s3-group-commit", "s3")
             latency = (f" ({self.config.s3_latency * 1000:g} ms added latency)"
                        if self.config.s3 else "")
@@ -896,7 +907,7 @@ class Runner:
 
 def _raw_name(spec: BackendSpec) -> str:
     base = {"sqlite": "sqlite3", "lmdb": "lmdb", "s3": "boto3"}.get(spec.kind, spec.kind)
-    return f"{base} sync={spec.sync}" if spec.kind in ("sqlite", "lmdb") else base
+    return f"{base} {spec.sync}" if spec.kind in ("sqlite", "lmdb") else base
 
 
 def run_bench(config: BenchConfig,
