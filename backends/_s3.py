@@ -21,8 +21,11 @@ the key layout):
 
 Options: ``endpoint_url``, ``region`` (default from boto3's chain, else ``us-east-1``),
 ``checkpoint_batches`` (64), ``checkpoint_bytes`` (1 MiB), ``timeout`` (seconds per request, 10),
-``retries`` (4), ``max_connections`` (64), ``sync`` (accepted; an S3 write is durable once the
-PUT returned 200). Credentials come only from boto3's chain; never put them in the URL.
+``retries`` (4), ``max_connections`` (64), ``lease_slack`` (seconds, 0: a commit that
+asks to extend the lease skips the lease PUT while the stored lease reaches within this much of
+the requested end; it eats into the caller's drift margin, so keep it well below it),
+``sync`` (accepted; an S3 write is durable once the PUT returned 200).
+Credentials come only from boto3's chain (or ``AWS_ENDPOINT_URL``); never put them in the URL.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ __all__ = ["S3Backend"]
 log = logging.getLogger("duro.backends.s3")
 
 OPTIONS: Final = ("endpoint_url", "region", "sync", "checkpoint_batches", "checkpoint_bytes",
-                  "timeout", "retries", "max_connections")
+                  "timeout", "retries", "max_connections", "lease_slack")
 _LOAD_ATTEMPTS: Final = 6
 _MAX_CACHED: Final = 4096
 
@@ -131,12 +134,14 @@ class S3Backend(Backend):
     multi_host: ClassVar[bool] = True
 
     def __init__(self, url: BackendURL, store: S3Store, layout: Layout, *,
-                 checkpoint_batches: int, checkpoint_bytes: int, max_connections: int) -> None:
+                 checkpoint_batches: int, checkpoint_bytes: int, max_connections: int,
+                 lease_slack: float = 0.0) -> None:
         self.url = url
         self._store = store
         self._layout = layout
         self._checkpoint_batches = checkpoint_batches
         self._checkpoint_bytes = checkpoint_bytes
+        self._lease_slack = lease_slack
         self._objs: dict[ObjectRef, _Obj] = {}
         self._objs_lock = threading.Lock()
         # Leaf I/O (GETs, DELETEs) fans out here; tasks here never wait on other tasks.
@@ -167,6 +172,7 @@ class S3Backend(Backend):
         max_connections = max(1, int(url.number("max_connections", 64, minimum=1)))
         checkpoint_batches = max(1, int(url.number("checkpoint_batches", 64, minimum=1)))
         checkpoint_bytes = int(url.number("checkpoint_bytes", float(2**20), minimum=1))
+        lease_slack = url.number("lease_slack", 0.0)
         env_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         try:
             session = boto3.session.Session()
@@ -184,7 +190,8 @@ class S3Backend(Backend):
         shown = endpoint or env_endpoint or f"AWS S3 ({region})"
         store = S3Store(client, bucket, shown, retries=retries)
         backend = cls(url, store, Layout(url.path), checkpoint_batches=checkpoint_batches,
-                      checkpoint_bytes=checkpoint_bytes, max_connections=max_connections)
+                      checkpoint_bytes=checkpoint_bytes, max_connections=max_connections,
+                      lease_slack=lease_slack)
         try:
             backend._check_format()
         except BaseException:
@@ -510,31 +517,61 @@ class S3Backend(Backend):
     # -- writes ---------------------------------------------------------------------------------
 
     def commit(self, ref: ObjectRef, epoch: int, batch: Batch) -> None:
-        """One create-only PUT of a batch record at the next slot (see the module docs)."""
+        """One create-only PUT of a batch record at the next slot (see the module docs).
+
+        ``batch.lease_until`` renews ``lease.json`` by CAS *in parallel* with the log PUT (one
+        PUT of latency, two of cost); it is skipped while the stored lease already reaches
+        ``lease_until - lease_slack``. If the batch landed but the lease turned out to be lost,
+        the commit raises :class:`BackendUnavailable` (the batch is durable, the lease is not
+        ours: the caller must reset), never :class:`Fenced`, which means nothing landed.
+        """
         o = self._obj(ref)
         with o.io:
             st = self._writer_state(o, epoch)
+            renewal: Future[bool] | None = None
             if batch.lease_until is not None:
-                with o.lease_lock:
-                    cur = o.lease
-                    if cur is None or cur.epoch != epoch or cur.until < batch.lease_until:
-                        until = batch.lease_until
-                        self._cas_lease(o, epoch, lambda d: replace(d, until=max(d.until, until)),
-                                        stale_ok=False)
-            if not batch and batch.active_at is None:
-                return
-            alarm_key: str | None = None
-            if isinstance(batch.alarm, float | int):
-                alarm_key = self._layout.alarm_key(float(batch.alarm), ref.namespace, ref.id, epoch,
-                                                   _wid())
-                self._store.put(alarm_key, b"")  # the index hint goes in BEFORE the commit
-            old_alarm_key = st.alarm_key
-            wid = _wid()
-            self._append(o, st, epoch, wid,
-                         lambda seq: encode_batch(seq, epoch, wid, batch, alarm_key))
-            if old_alarm_key is not None and old_alarm_key != st.alarm_key:
-                self._store.delete(old_alarm_key)  # only AFTER the alarm is cleared or moved
-            self._maybe_checkpoint(o, st)
+                cur = o.lease
+                if (cur is None or cur.epoch != epoch
+                        or cur.until + self._lease_slack < batch.lease_until):
+                    renewal = self._io_pool.submit(self._extend_lease, o, epoch,
+                                                   batch.lease_until)
+            landed = False
+            try:
+                if batch or batch.active_at is not None:
+                    self._commit_batch(o, st, ref, epoch, batch)
+                    landed = True
+            finally:
+                if renewal is not None:
+                    try:
+                        renewal.result()
+                    except DuroError as exc:
+                        if not landed:
+                            raise
+                        o.owned = None
+                        raise BackendUnavailable(
+                            f"object {o.short()}: the batch landed but renewing the lease "
+                            f"failed ({exc}); the instance must reset", orig=exc) from exc
+            if landed:
+                self._maybe_checkpoint(o, st)
+
+    def _extend_lease(self, o: _Obj, epoch: int, until: float) -> bool:
+        with o.lease_lock:
+            return self._cas_lease(o, epoch, lambda d: replace(d, until=max(d.until, until)),
+                                   stale_ok=False)
+
+    def _commit_batch(self, o: _Obj, st: ObjectState, ref: ObjectRef, epoch: int,
+                      batch: Batch) -> None:
+        alarm_key: str | None = None
+        if isinstance(batch.alarm, float | int):
+            alarm_key = self._layout.alarm_key(float(batch.alarm), ref.namespace, ref.id, epoch,
+                                               _wid())
+            self._store.put(alarm_key, b"")  # the index hint goes in BEFORE the commit
+        old_alarm_key = st.alarm_key
+        wid = _wid()
+        self._append(o, st, epoch, wid,
+                     lambda seq: encode_batch(seq, epoch, wid, batch, alarm_key))
+        if old_alarm_key is not None and old_alarm_key != st.alarm_key:
+            self._store.delete(old_alarm_key)  # only AFTER the alarm is cleared or moved
 
     def _maybe_checkpoint(self, o: _Obj, st: ObjectState) -> None:
         """Start a background checkpoint if enough log piled up (caller holds ``o.io``)."""

@@ -7,6 +7,7 @@ planned deterministically through the backend's botocore hook (``backend._faults
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -506,3 +507,26 @@ def test_killed_writer_loses_no_acknowledged_write(make_url: Any, opened: Any) -
     got = state(b, ref())
     assert all(b"k%06d" % i in got for i in range(acked + 1))
     assert sorted(got) == [b"k%06d" % i for i in range(len(got))]  # a prefix: no holes
+
+
+def test_commit_renews_the_lease_in_parallel_and_reports_a_lost_lease(
+        make_url: Any, opened: Any, raw: Any, prefix: str) -> None:
+    b = opened(make_url())
+    r = ref()
+    lease = b.acquire(r, owner="A", address=None, now=100.0, until=110.0)
+    before = b.request_counts.snapshot()
+    b.commit(r, lease.epoch, Batch(puts={b"k": b"1"}, lease_until=120.0))
+    assert delta(b, before)["put"] == 2  # the batch record and the lease, side by side
+    assert b.read_lease(r) == lease.__class__(lease.epoch, "A", None, 120.0)
+    before = b.request_counts.snapshot()
+    b.commit(r, lease.epoch, Batch(puts={b"k": b"2"}, lease_until=115.0))
+    assert delta(b, before)["put"] == 1  # the stored lease already reaches that far
+    # A challenger bumped the epoch in lease.json but has not written its fence yet: our
+    # batch still lands (the challenger will replay it), but the lease is no longer ours.
+    [lease_key] = [k for k in keys_under(raw, prefix) if k.endswith("lease.json")]
+    doc = json.loads(raw.get_object(Bucket=BUCKET, Key=lease_key)["Body"].read())
+    raw.put_object(Bucket=BUCKET, Key=lease_key,
+                   Body=json.dumps({**doc, "epoch": doc["epoch"] + 1, "owner": "B"}).encode())
+    with pytest.raises(BackendUnavailable, match="batch landed but renewing the lease failed"):
+        b.commit(r, lease.epoch, Batch(puts={b"k": b"3"}, lease_until=130.0))
+    assert state(opened(make_url()), r) == {b"k": b"3"}
