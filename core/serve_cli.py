@@ -75,7 +75,7 @@ async def serve(app: Any, *, host: str = "127.0.0.1", port: int = 8787,
     await app.start()
     try:
         shown = app.address
-        if shown.startswith(("0.0.0.0:", "[::]:")) or advertise:  # noqa: S104
+        if shown.startswith(("0.0.0.0:", "[::]:")) or advertise:
             shown = f"{host}:{shown.rsplit(':', 1)[1]}"
         names = ", ".join(sorted(app._namespaces)) or "(none)"
         line = f"duro serve: http://{shown} backend={app.url} namespaces={names}"

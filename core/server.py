@@ -58,7 +58,7 @@ __all__ = ["AuthHook", "Server", "ServerOptions", "configure"]
 
 log = logging.getLogger("duro.server")
 
-AuthHook = Callable[[HTTPConnection, str, "ObjectId"], "bool | Response | None | Awaitable[Any]"]
+AuthHook = Callable[[HTTPConnection, str, "ObjectId"], "bool | Response | Awaitable[Any] | None"]
 HOPS_HEADER: Final = "x-duro-hops"
 _HOP_BY_HOP: Final = frozenset({
     "host", "upgrade", "connection", "keep-alive", "transfer-encoding", "content-length",
@@ -84,7 +84,7 @@ class ServerOptions:
     auth: AuthHook | None = None
 
 
-class _Refused(Exception):  # noqa: N818 - internal signal
+class _Refused(Exception):
     def __init__(self, status: int, message: str = "", headers: dict[str, str] | None = None,
                  response: Response | None = None) -> None:
         super().__init__(message)
@@ -217,7 +217,7 @@ class Server:
             return _error(503, exc.message, retry)
         except (ObjectReset, BackendUnavailable) as exc:
             return _error(503, exc.message, retry)
-        except Exception:  # noqa: BLE001 - the object's own error: logged where it ran
+        except Exception:
             return _error(500)
 
     # -- WebSockets -------------------------------------------------------------------------------
@@ -264,7 +264,7 @@ class Server:
             resp = response_from_value(unpack(reply))
         except ObjectReset as exc:
             resp = _error(503, exc.message, {"retry-after": str(self.options.retry_after)})
-        except Exception:  # noqa: BLE001 - logged where it ran
+        except Exception:
             resp = _error(500)
         if resp.status != 101 or rec.state == "pending":
             self.hub.discard(rec)
@@ -303,7 +303,7 @@ class Server:
             r = exc.response
             keep = [(k, v) for k, v in r.headers.raw_items()
                     if k.lower() in ("content-type", "retry-after")]
-            raise _Refused(r.status_code, response=Response(r.body or b"", r.status_code,
+            raise _Refused(r.status_code, response=Response(bytes(r.body or b""), r.status_code,
                                                            keep)) from None
         except (OSError, WebSocketException, TimeoutError):
             raise _Refused(503, "the object's owner could not be reached", retry) from None

@@ -414,7 +414,8 @@ class Hub:
             if gate is not None:
                 try:
                     await gate
-                except Exception:  # noqa: BLE001 - the object was reset: the output is dropped
+                except Exception as exc:
+                    log.debug("WebSocket output dropped: %s", exc)  # the object was reset
                     continue
             try:
                 if kind == "close":
@@ -425,7 +426,7 @@ class Hub:
                     await conn.send_text(data)
                 else:
                     await conn.send_bytes(data)
-            except Exception:  # noqa: BLE001 - the connection is gone
+            except Exception:
                 return
 
     async def _dispatch_loop(self, rec: _Socket,
@@ -467,7 +468,7 @@ class Hub:
                 unpack(reply)
             except ObjectReset:
                 return False
-            except Exception:  # noqa: BLE001 - a failing handler does not close the socket
+            except Exception:
                 log.exception("%s.%s failed", rec.ns.name, method.strip("_"))
             return True
 
