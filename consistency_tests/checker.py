@@ -23,7 +23,7 @@ Pipeline (research/linearizability.md §6.4):
 2. **Partitioning**: by object, then by key; keys tied by a ``txn`` or lying in a ``list``'s
    range are merged (union-find), and such groups use the whole-group :class:`ObjectModel`,
    single keys the :class:`RegisterModel`. A history is linearizable iff every partition is.
-3. **Search** per partition: Wing–Gong/Lowe over a dancing-links list of call/return entries
+3. **Search** per partition: Wing-Gong/Lowe over a dancing-links list of call/return entries
    with a memo of ``(linearized bitset, model state)`` (Porcupine's ``checkSingle``). ``info``
    ops have no return entry (they may take effect any time after their invoke, or never) unless
    they carry a ``bound``; a step budget (and optional wall-clock timeout) yields ``unknown``.
@@ -58,7 +58,9 @@ __all__ = [
 
 Verdict = Literal["ok", "anomaly", "unknown"]
 DEFAULT_BUDGET: Final = 1_000_000
-_OK, _ILLEGAL, _UNKNOWN = "ok", "anomaly", "unknown"
+_OK: Final = "ok"
+_ILLEGAL: Final = "anomaly"
+_UNKNOWN: Final = "unknown"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,7 +173,7 @@ class CheckResult:
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class _Search:
-    verdict: str
+    verdict: Verdict
     steps: int
     best: list[tuple[int, State]] = field(default_factory=list)
     """With ``trace``: the longest linearized prefix, (op index, state after) in order."""
@@ -182,7 +184,7 @@ class _Search:
 
 def _wgl(ops: Sequence[Operation], model: Model, budget: int, deadline: float | None,
          trace: bool = False) -> _Search:
-    """Wing–Gong/Lowe search with a (bitset, state) memo over *ops* of one partition."""
+    """Wing-Gong/Lowe search with a (bitset, state) memo over *ops* of one partition."""
     n = len(ops)
     steps = [model.compile(op) for op in ops]
     ent: list[tuple[int, int, int]] = []
@@ -193,7 +195,7 @@ def _wgl(ops: Sequence[Operation], model: Model, budget: int, deadline: float | 
     ent.sort()
     m = len(ent)
     tail = m + 1
-    nxt = list(range(1, m + 2)) + [tail]
+    nxt = [*list(range(1, m + 2)), tail]
     prv = [0, *range(0, m + 1)]
     op_of = [0] * (m + 2)
     is_call = [False] * (m + 2)
@@ -320,7 +322,7 @@ def _reads(op: Operation) -> list[tuple[str, str]]:
 
 
 def _is_writer(op: Operation) -> bool:
-    return op.outcome in ("ok", "info") and not (op.f == "cas" and op.outcome == "fail")
+    return op.outcome in ("ok", "info")
 
 
 def _prechecks(obj: str, ops: Sequence[Operation], hist: History) -> list[Anomaly]:
@@ -411,7 +413,7 @@ def _partition(obj: str, ops: Sequence[Operation]) -> list[_Part]:
     loose: list[_Part] = []
     op_root: list[str | None] = []
     for op in ops:
-        keys = _op_keys(op)
+        keys: list[str] = _op_keys(op)
         if op.f == "list":
             b = op.arg if isinstance(op.arg, dict) else {}
             lo, hi = key_range(start=b.get("start"), start_after=b.get("start_after"),
@@ -428,9 +430,9 @@ def _partition(obj: str, ops: Sequence[Operation]) -> list[_Part]:
         if op.f in ("list", "txn"):
             multi.add(keys[0])
     groups: dict[str, list[Operation]] = defaultdict(list)
-    for op, k in zip(ops, op_root, strict=True):
-        if k is not None:
-            groups[find(k)].append(op)
+    for op, root in zip(ops, op_root, strict=True):
+        if root is not None:
+            groups[find(root)].append(op)
     members: dict[str, list[str]] = defaultdict(list)
     for k in all_keys:
         members[find(k)].append(k)
@@ -445,7 +447,7 @@ def _partition(obj: str, ops: Sequence[Operation]) -> list[_Part]:
 # ---------------------------------------------------------------------------------------------
 def _absence_reads(op: Operation) -> list[str]:
     """Keys *op* observed absent."""
-    if op.outcome == "fail" or op.outcome == "info" and op.f != "cas":
+    if op.outcome == "fail" or (op.outcome == "info" and op.f != "cas"):
         return []
     if op.f == "get":
         return [op.key or ""] if op.result is None else []
@@ -492,9 +494,9 @@ def _closed(ops: Sequence[Operation]) -> bool:
         for k in _absence_reads(op):
             if first_write.get(k, end + 1) < end and first_delete.get(k, end + 1) >= end:
                 return False
-        if op.f == "delete" and op.outcome == "ok" and op.result is True:
-            if first_write.get(op.key or "", end + 1) >= end:
-                return False
+        if (op.f == "delete" and op.outcome == "ok" and op.result is True
+                and first_write.get(op.key or "", end + 1) >= end):
+            return False
     return True
 
 
@@ -542,7 +544,8 @@ def _culprits(part: _Part, s: _Search, budget: int, deadline: float | None
         if s2.verdict != _ILLEGAL:
             return None
         _, front = _frontier(rest, model, s2)
-        cands = [op for op, _, legal in front if not legal] + [op for op, _, legal in front if legal]
+        cands = ([op for op, _, legal in front if not legal]
+                 + [op for op, _, legal in front if legal])
     return None
 
 
@@ -582,7 +585,7 @@ def _shrink(part: _Part, s: _Search, budget: int, total: int, deadline: float | 
     culprits = _culprits(part, s, budget, deadline)
     cids = {id(c) for c in culprits or ()}
 
-    def run(ops: list[Operation]) -> str:
+    def run(ops: list[Operation]) -> Verdict:
         nonlocal spent
         s = _wgl(ops, _Part(part.object, part.keys, ops, part.whole).model(),
                  min(budget, max(total - spent, 1)), deadline)
@@ -718,8 +721,8 @@ def check_ops(obj: str, ops: Sequence[Operation], hist: History, *, budget: int 
             continue
         t = time.monotonic()
         s = _wgl(part.ops, model, budget, deadline)
-        pr = PartitionResult(obj, part.keys, model.name, len(part.ops), s.verdict,  # type: ignore[arg-type]
-                             s.steps, time.monotonic() - t)
+        pr = PartitionResult(obj, part.keys, model.name, len(part.ops), s.verdict, s.steps,
+                             time.monotonic() - t)
         if s.verdict == _ILLEGAL:
             ops_w = _shrink(part, s, budget, shrink_budget, deadline) if shrink else part.ops
             w = _explain(ops_w, part, hist, budget)
@@ -734,6 +737,6 @@ def _headline(w: Witness) -> str:
     bad = [(op, why) for op, why in w.frontier if not why.startswith("legal")]
     n = len(w.ops)
     if bad:
-        op, why = bad[0]
+        _op, why = bad[0]
         return f"no linearization of these {n} ops: {why}"
     return f"no linearization of these {n} ops exists"

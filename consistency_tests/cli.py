@@ -78,8 +78,8 @@ def _print_result(result: CheckResult) -> None:
     console.print(table)
     for p in result.unknown():
         console.print(f"[yellow]unknown[/yellow]: object {escape(repr(p.object))} keys "
-                      f"{escape(', '.join(p.keys) or '-')}: budget exhausted after {p.steps:,} steps "
-                      f"({p.ops} ops)", highlight=False)
+                      f"{escape(', '.join(p.keys) or '-')}: budget exhausted after "
+                      f"{p.steps:,} steps ({p.ops} ops)", highlight=False)
     for a in result.anomalies[:5]:
         keys = f" keys {', '.join(a.keys)}" if a.keys else ""
         console.print(f"[red bold]{a.kind}[/red bold] on object {escape(repr(a.object))}"

@@ -2,8 +2,8 @@
 
 One event per line, Jepsen's shape::
 
-    {"process": 3, "type": "invoke", "f": "put", "object": "o1", "key": "k1", "value": "v7", "time": 12}
-    {"process": 3, "type": "ok",     "f": "put", "object": "o1", "key": "k1", "value": "v7", "time": 19}
+    {"process": 3, "type": "invoke", "f": "put", "object": "o", "key": "k", "value": 7, "time": 12}
+    {"process": 3, "type": "ok", "f": "put", "object": "o", "key": "k", "value": 7, "time": 19}
 
 ``type`` is ``invoke`` | ``ok`` | ``fail`` | ``info``; ``f`` is ``get`` | ``put`` | ``delete`` |
 ``cas`` | ``list`` | ``txn``. Events are listed in the order they happened: ``time`` never
@@ -34,9 +34,9 @@ API::
     hist = History.load("run.jsonl")          # validates; HistoryError names the line
     hist.ops()                                # paired Operation records
     hist.dump("copy.jsonl")
-    merge_histories([h1, h2])                 # per-process files → one history (equal times = concurrent)
+    merge_histories([h1, h2])                 # per-process files → one (equal times: concurrent)
 
-    rec = Recorder()                          # monotonic-ns stamps; Recorder(logical=True) for steps
+    rec = Recorder()                          # monotonic ns; Recorder(logical=True): steps
     with rec.op(process=1, f="put", object="o1", key="k", value="v1") as op:
         stub_result = ...                     # do the call
         op.ok()                               # or op.ok(value) / op.fail() / op.info(); an
@@ -52,6 +52,7 @@ process its own ``Recorder(path=...)`` (each event is written and flushed as one
 from __future__ import annotations
 
 import bisect
+import builtins
 import heapq
 import itertools
 import json
@@ -86,6 +87,7 @@ TYPES: Final = ("invoke", "ok", "fail", "info")
 COMPLETIONS: Final = frozenset({"ok", "fail", "info"})
 FUNCTIONS: Final = ("get", "put", "delete", "cas", "list", "txn")
 FIELDS: Final = ("process", "type", "f", "object", "key", "value", "time")
+_FIELDSET: Final = frozenset(FIELDS)
 LIST_BOUNDS: Final = ("prefix", "start", "start_after", "end", "reverse", "limit")
 
 
@@ -132,21 +134,23 @@ class Event:
         return b if isinstance(b, int) and not isinstance(b, bool) else None
 
     @classmethod
-    def from_json(cls, obj: object, where: str = "event") -> Event:
+    def from_json(cls, obj: builtins.object, where: str = "event") -> Event:
         """Build an event from a decoded JSON object, checking every field."""
         if not isinstance(obj, dict):
             raise HistoryError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        missing = [k for k in FIELDS if k not in obj]
-        if missing:
+        if len(obj) < len(FIELDS) or not _FIELDSET.issubset(obj):
+            missing = [k for k in FIELDS if k not in obj]
             raise HistoryError(f"{where}: missing field(s) {', '.join(missing)}")
         process, typ, f = obj["process"], obj["type"], obj["f"]
         ob, key, t = obj["object"], obj["key"], obj["time"]
         if not isinstance(process, int) or isinstance(process, bool):
             raise HistoryError(f"{where}: 'process' must be an integer, got {process!r:.60}")
         if typ not in TYPES:
-            raise HistoryError(f"{where}: 'type' must be one of {', '.join(TYPES)}; got {typ!r:.60}")
+            raise HistoryError(
+                f"{where}: 'type' must be one of {', '.join(TYPES)}; got {typ!r:.60}")
         if f not in FUNCTIONS:
-            raise HistoryError(f"{where}: 'f' must be one of {', '.join(FUNCTIONS)}; got {f!r:.60}")
+            raise HistoryError(
+                f"{where}: 'f' must be one of {', '.join(FUNCTIONS)}; got {f!r:.60}")
         if not isinstance(ob, str):
             raise HistoryError(f"{where}: 'object' must be a string, got {ob!r:.60}")
         if not isinstance(t, int) or isinstance(t, bool):
@@ -156,7 +160,7 @@ class Event:
                 raise HistoryError(f"{where}: 'key' must be null for {f}, got {key!r:.60}")
         elif not isinstance(key, str):
             raise HistoryError(f"{where}: 'key' must be a string for {f}, got {key!r:.60}")
-        extra = {k: v for k, v in obj.items() if k not in FIELDS}
+        extra = {k: v for k, v in obj.items() if k not in _FIELDSET} if len(obj) > 7 else {}
         if "bound" in extra:
             b = extra["bound"]
             if typ != "info":
@@ -215,7 +219,7 @@ def _short(v: Any, limit: int = 24) -> str:
 
 
 def describe_op(op: Operation) -> str:
-    """``put(k, 3)``, ``get(k) → 3``, ``cas(k, 1→2) ok``, ``txn[r k 3, w j 4]``, ``list(a/) → […]``."""
+    """A label: ``put(k, 3)``, ``get(k) → 3``, ``cas(k, 1→2) ok``, ``txn[r k 3, w j 4]``…"""
     f, k = op.f, op.key
     res = op.result if op.outcome == "ok" else None
     tail = {"ok": "", "fail": " ✗", "info": " ?"}[op.outcome]
@@ -233,7 +237,8 @@ def describe_op(op: Operation) -> str:
         return f"cas({k}, {_short(exp, 12)}→{_short(new, 12)}){mark}"
     if f == "list":
         bounds = op.arg if isinstance(op.arg, dict) else {}
-        b = ",".join(f"{n}={_short(bounds[n], 12)}" for n in LIST_BOUNDS if bounds.get(n) is not None)
+        b = ",".join(f"{n}={_short(bounds[n], 12)}" for n in LIST_BOUNDS
+                     if bounds.get(n) is not None)
         if op.outcome == "ok":
             return f"list({b}) → {_short(res, 40)}"
         return f"list({b}){tail}"
@@ -259,7 +264,8 @@ def _check_arg(ev: Event, where: str) -> None:
         if v is None:
             return
         if not isinstance(v, dict):
-            raise HistoryError(f"{where}: list invoke value must be an object of bounds, got {v!r:.60}")
+            raise HistoryError(
+                f"{where}: list invoke value must be an object of bounds, got {v!r:.60}")
         bad = [k for k in v if k not in LIST_BOUNDS]
         if bad:
             raise HistoryError(f"{where}: unknown list bound(s) {', '.join(map(repr, bad))}")
@@ -293,10 +299,9 @@ def _check_result(inv: Event, ev: Event, where: str) -> None:
         return
     if f == "delete" and not isinstance(v, bool):
         raise HistoryError(f"{where}: delete ok value must be true/false (existed), got {v!r:.60}")
-    if f == "list":
-        if not isinstance(v, list) or not all(
-                isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in v):
-            raise HistoryError(f"{where}: list ok value must be [[key, value], ...], got {v!r:.60}")
+    if f == "list" and (not isinstance(v, list) or not all(
+            isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in v)):
+        raise HistoryError(f"{where}: list ok value must be [[key, value], ...], got {v!r:.60}")
     if f == "txn":
         _check_micro(v, where)
         a = inv.value
@@ -384,8 +389,9 @@ class History:
             if ev.type == "invoke":
                 if ev.process in open_:
                     raise HistoryError(
-                        f"{where(i)}: process {ev.process} invokes {ev.f} while its {where(open_[ev.process])} "
-                        "is still open (a process does one thing at a time)")
+                        f"{where(i)}: process {ev.process} invokes {ev.f} while its "
+                        f"{where(open_[ev.process])} is still open (a process does one thing at "
+                        "a time)")
                 _check_arg(ev, where(i))
                 open_[ev.process] = i
             else:
@@ -396,8 +402,8 @@ class History:
                 inv = self.events[j]
                 if (inv.f, inv.object, inv.key) != (ev.f, ev.object, ev.key):
                     raise HistoryError(
-                        f"{where(i)}: {ev.type} {ev.f}({ev.object}, {ev.key}) does not match the open "
-                        f"invoke {inv.f}({inv.object}, {inv.key}) of process {ev.process} "
+                        f"{where(i)}: {ev.type} {ev.f}({ev.object}, {ev.key}) does not match the "
+                        f"open invoke {inv.f}({inv.object}, {inv.key}) of process {ev.process} "
                         f"({where(j)})")
                 b = ev.bound
                 if b is not None and b < inv.time:
@@ -565,7 +571,9 @@ class Recorder:
             self._clock = time.monotonic_ns
         self._last = -(1 << 62)
         self._pids = itertools.count(first_process)
-        self._fh: TextIO | None = Path(path).open("a", encoding="utf-8") if path else None
+        self._fh: TextIO | None = None
+        if path:
+            self._fh = Path(path).open("a", encoding="utf-8")  # noqa: SIM115 - closed by close()
 
     def new_process(self) -> int:
         """A process number not handed out before by this recorder."""

@@ -192,11 +192,14 @@ class ObjectModel(Model):
         f, ok, bounded = op.f, op.outcome == "ok", op.outcome == "info" and op.ret is not None
         ix = self.index
         if f in ("get", "put", "delete", "cas"):
-            reg = RegisterModel(op.key or "").compile(op)
             i = ix[op.key or ""]
+            fast = self._fast_single(op, i)
+            if fast is not None:
+                return fast
+            reg = RegisterModel(op.key or "").compile(op)
 
             def single(s: State) -> tuple[State, ...]:
-                return tuple(s if r == s[i] else s[:i] + (r,) + s[i + 1:] for r in reg(s[i]))
+                return tuple(s if r == s[i] else (*s[:i], r, *s[i + 1:]) for r in reg(s[i]))
 
             return single
         if f == "list":
@@ -240,6 +243,27 @@ class ObjectModel(Model):
             return txn
         raise ValueError(f"unknown op {f}")  # pragma: no cover
 
+    @staticmethod
+    def _fast_single(op: Operation, i: int) -> Step | None:
+        """Specialised steps for the common ok/unbounded single-key ops (the hot path)."""
+        f, outcome = op.f, op.outcome
+        j = i + 1
+        if f == "get" and outcome == "ok" and op.result is not None:
+            fv = freeze(op.result)
+            return lambda s: (s,) if s[i] == fv else ()
+        if f == "put" and (outcome == "ok" or op.ret is None):
+            nv = freeze(op.arg)
+            return lambda s: ((*s[:i], nv, *s[j:]),)
+        if f == "delete" and outcome == "ok":
+            existed = bool(op.result)
+            return lambda s: ((*s[:i], None, *s[j:]),) if (s[i] is not None) is existed else ()
+        if f == "cas" and outcome == "ok":
+            exp, new = op.arg
+            fe = None if exp is None else freeze(exp)
+            fn = freeze(new)
+            return lambda s: ((*s[:i], fn, *s[j:]),) if s[i] == fe else ()
+        return None
+
     def why_illegal(self, state: State, op: Operation) -> str:
         if op.f in ("get", "put", "delete", "cas"):
             i = self.index[op.key or ""]
@@ -266,4 +290,5 @@ class ObjectModel(Model):
         return f"{op.f} cannot happen in state {self.describe(state)}"  # pragma: no cover
 
     def describe(self, state: State) -> str:
-        return "{" + ", ".join(f"{k}={_fmt(v)}" for k, v in zip(self.keys, state, strict=True)) + "}"
+        pairs = zip(self.keys, state, strict=True)
+        return "{" + ", ".join(f"{k}={_fmt(v)}" for k, v in pairs) + "}"

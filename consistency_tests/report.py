@@ -111,7 +111,8 @@ def witness_text(w: Witness) -> str:
         else:
             out.append("  no op can be linearized first")
         if w.state:
-            out.append(f"  then the state is {w.state}, and every op that could come next is refused:")
+            out.append(f"  then the state is {w.state}, and every op that could come next "
+                       "is refused:")
         for op, why in w.frontier:
             out.append(f"    ✗ P{op.process} {op.label()}: {why}")
     return "\n".join(out)

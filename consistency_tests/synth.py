@@ -85,13 +85,14 @@ def simulate(*, seed: int, ops: int, objects: int = 1, keys: int = 4, clients: i
             f: Any
             if is_multi and r < 0.12:
                 f, key = "list", None
-                arg = {"prefix": rng.choice(["a/", "b/", None]), "reverse": rng.random() < 0.3,
+                prefixes: list[str | None] = ["a/", "b/", None]
+                arg = {"prefix": rng.choice(prefixes), "reverse": rng.random() < 0.3,
                        "limit": rng.choice([None, None, 1, 2])}
                 if rng.random() < 0.2:
                     arg["start"] = rng.choice(ks)
             elif is_multi and r < 0.24:
                 f, key = "txn", None
-                micro = []
+                micro: list[list[str | None]] = []
                 for _ in range(rng.randrange(2, 5)):
                     k = rng.choice(ks)
                     kind = rng.choice("rrwwd")
@@ -112,7 +113,7 @@ def simulate(*, seed: int, ops: int, objects: int = 1, keys: int = 4, clients: i
             else:
                 f = "cas"
                 vseq += 1
-                hist = written[key]
+                hist = written[key or ""]
                 exp = rng.choice(hist[-3:]) if hist and rng.random() < 0.85 else None
                 arg = [exp, f"v{vseq}"]
             if f in ("put", "cas") and key is not None:
@@ -250,8 +251,9 @@ def mutate(hist: History, kind: str, rng: random.Random) -> History | None:
             return _replace(hist, {r.done: _with_value(hist.events[r.done], w_old.arg)})
         changes = {}
         for r in ops:  # the write is lost: everyone who saw it sees the previous value instead
-            if r.f == "get" and r.outcome == "ok" and (r.object, r.key) == (w_new.object, w_new.key) \
-                    and r.result == w_new.arg and r.done is not None:
+            same_key = (r.object, r.key) == (w_new.object, w_new.key)
+            if r.f == "get" and r.outcome == "ok" and same_key and r.result == w_new.arg \
+                    and r.done is not None:
                 changes[r.done] = _with_value(hist.events[r.done], w_old.arg)
         return _replace(hist, changes)
     if kind == "swapped-cas":

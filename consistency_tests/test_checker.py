@@ -79,7 +79,8 @@ def test_info_bound_matters() -> None:
 
 def test_fail_without_false_is_did_not_happen() -> None:
     rows: list[tuple[Any, ...]] = [(0, "invoke", "put", "x", "a"), (0, "ok", "put", "x", "a"),
-                                   (1, "invoke", "cas", "x", ["a", "b"]), (1, "fail", "cas", "x", None)]
+                                   (1, "invoke", "cas", "x", ["a", "b"]),
+                                   (1, "fail", "cas", "x", None)]
     assert check_history(hist(rows)).ok
     rows[-1] = (1, "fail", "cas", "x", False)
     assert check_history(hist(rows)).verdict == "anomaly"
@@ -127,7 +128,7 @@ def test_input_forms(tmp_path: Path) -> None:
     p = tmp_path / "h.jsonl"
     h.dump(p)
     for form in (h, p, str(p), list(h), dicts):
-        assert check_history(form).verdict == "anomaly"  # type: ignore[arg-type]
+        assert check_history(form).verdict == "anomaly"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,8 +221,10 @@ def _brute_object(ops: list[Operation], times: list[int]) -> bool:
             elif op.f == "cas":
                 exp, new = op.arg
                 k = op.key or ""
-                match = (k not in state) if exp is None else (k in state and
-                                                                json.dumps(state[k]) == json.dumps(exp))
+                if exp is None:
+                    match = k not in state
+                else:
+                    match = k in state and json.dumps(state[k]) == json.dumps(exp)
                 if op.outcome == "ok" and not match:
                     return False
                 if op.outcome == "fail" and match:
@@ -259,7 +262,7 @@ def _brute_object(ops: list[Operation], times: list[int]) -> bool:
             for perm in itertools.permutations(group):
                 ok = True
                 for i, (a, _) in enumerate(perm):
-                    for b, bret in perm[i + 1:]:  # b after a: b must not have ended before a began
+                    for _b, bret in perm[i + 1:]:  # b after a: b must not have ended before a began
                         if bret is not None and bret < a.call:
                             ok = False
                             break
@@ -313,7 +316,8 @@ def small_op(draw: st.DrawFn) -> tuple[str, str | None, Any, str, Any]:
         micro = draw(st.lists(st.tuples(st.sampled_from(["r", "w", "d"]), KEYS, VALS),
                               min_size=1, max_size=2))
         arg = [[m, k, v if m == "w" else None] for m, k, v in micro]
-        res = [[m, k, v if m == "w" else (draw(st.sampled_from([None, 1, 2])) if m == "r" else None)]
+        read = st.sampled_from([None, 1, 2])
+        res = [[m, k, v if m == "w" else (draw(read) if m == "r" else None)]
                for m, k, v in micro]
     if outcome == "ok" and f in ("put", "cas"):
         res = None
@@ -323,10 +327,9 @@ def small_op(draw: st.DrawFn) -> tuple[str, str | None, Any, str, Any]:
 @st.composite
 def small_history(draw: st.DrawFn) -> History:
     n_proc = draw(st.integers(1, 3))
-    per = [draw(st.lists(small_op(), min_size=1, max_size=3)) for _ in range(n_proc)]
-    total = sum(len(p) for p in per)
-    if total > 8:
-        per = [p[: max(1, len(p) - 1)] for p in per]
+    per = [draw(st.lists(small_op(), min_size=1, max_size=4)) for _ in range(n_proc)]
+    while sum(len(p) for p in per) > 8:  # the brute force enumerates permutations: <= 8 ops
+        max(per, key=len).pop()
     # each op is two steps: invoke, complete (an "open" op is never completed)
     cursor = [0] * n_proc
     phase = [0] * n_proc
@@ -393,7 +396,8 @@ def test_shrinks_to_small_witness() -> None:
     assert m is not None
     r = check_history(m)
     w = r.witness
-    assert w is not None and 2 <= len(w.ops) <= 6, w.to_text()
+    assert w is not None
+    assert 2 <= len(w.ops) <= 6, w.to_text()
     unshrunk = check_history(m, shrink=False)
     assert unshrunk.witness is not None and len(unshrunk.witness.ops) > 100
     text = r.explain()

@@ -1,4 +1,4 @@
-"""Tests of the history format, its validation, merging and the recorder (threads, tasks, processes)."""
+"""History format, validation and merging; the recorder in threads, tasks and OS processes."""
 
 from __future__ import annotations
 
@@ -233,7 +233,7 @@ def test_recorder_os_processes_merge_and_kill(tmp_path: Path) -> None:
     final = merged.close_open(reaped)
     ops = final.ops()
     assert len(ops) == 151
-    last = [op for op in ops if op.arg == "2-last"][0]
+    last = next(op for op in ops if op.arg == "2-last")
     assert last.outcome == "info" and last.ret_time == reaped
     times = [e.time for e in final]
     assert times == sorted(times)
