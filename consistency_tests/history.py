@@ -178,7 +178,7 @@ class Operation:
     None for an unbounded ``info`` op (it may take effect at any later point, or never). For a
     bounded ``info`` op ``ret`` is the position of the last event at or before its bound.
     ``outcome`` is ``ok``, ``fail`` or ``info``; ``result`` the completion value (None for
-    ``info``/open ops); ``arg`` the invoke value.
+    ``info``/open ops); ``arg`` the invoke value; ``done`` the completion event's position.
     """
 
     index: int
