@@ -207,6 +207,9 @@ class _Env:
         raise BackendUnavailable(f"LMDB environment {self.path} kept changing size; retry")
 
     def _open_dbs_once(self) -> None:
+        if self.env.max_key_size() < lk.LONG_LEN:
+            raise ConfigError(f"this LMDB build allows keys of {self.env.max_key_size()} bytes; "
+                              f"duro needs {lk.LONG_LEN}")
         try:
             with self.env.begin() as txn:
                 names = [k for k, _ in txn.cursor()]
@@ -216,13 +219,27 @@ class _Env:
                     if not names:
                         self._create(txn)
                         names = list(_DB_NAMES)
-            self._check_foreign(names)
+            foreign = sorted(n for n in names if not n.startswith(b"duro."))
+            if foreign or b"duro.meta" not in names:
+                shown = ", ".join(repr(n)[2:-1] for n in foreign[:5]) or "no duro.meta"
+                raise ConfigError(
+                    f"{self.path} holds an LMDB environment that duro did not create ({shown}); "
+                    "refusing to touch it: point lmdb:// at an empty or duro-owned directory")
             # Handles opened in a read transaction die with it in py-lmdb: open them outside.
-            dbs = [self.env.open_db(n, create=False) for n in _DB_NAMES]
-            self.meta, self.objects, self.kv, self.alarms, self.nss = dbs
+            self.meta = self.env.open_db(b"duro.meta", create=False)
             with self.env.begin() as txn:
                 fmt = txn.get(b"format", db=self.meta)
                 head = txn.get(b"key_head", db=self.meta)
+            if fmt is None or not fmt.isdigit():
+                raise ConfigError(f"{self.path} holds an LMDB environment without a duro format "
+                                  "record; refusing to touch it")
+            check_format_version(int(fmt), self.path)
+            missing = sorted(set(_DB_NAMES) - set(names))
+            if missing or head != str(lk.HEAD_LEN).encode():
+                raise ConfigError(f"{self.path} holds an incomplete or unknown duro layout "
+                                  f"(missing {missing}, key_head={head!r}); refusing to touch it")
+            dbs = [self.env.open_db(n, create=False) for n in _DB_NAMES[1:]]
+            self.objects, self.kv, self.alarms, self.nss = dbs
         except DuroError:
             raise
         except lmdb.MapResizedError as exc:
@@ -230,30 +247,12 @@ class _Env:
         except lmdb.Error as exc:
             raise ConfigError(f"{self.path} holds an LMDB environment duro cannot use "
                               f"({_describe(exc)}); refusing to touch it", orig=exc) from exc
-        if fmt is None or not fmt.isdigit():
-            raise ConfigError(f"{self.path} holds an LMDB environment without a duro format "
-                              "record; refusing to touch it")
-        check_format_version(int(fmt), self.path)
-        if head != str(lk.HEAD_LEN).encode():
-            raise ConfigError(f"{self.path} uses a key layout this duro cannot read "
-                              f"(key_head={head!r})")
-        if self.env.max_key_size() < lk.LONG_LEN:
-            raise ConfigError(f"this LMDB build allows keys of {self.env.max_key_size()} bytes; "
-                              f"duro needs {lk.LONG_LEN}")
 
     def _create(self, txn: lmdb.Transaction[bytes]) -> None:
         dbs = [self.env.open_db(n, txn=txn, create=True) for n in _DB_NAMES]
         txn.put(b"format", str(FORMAT_VERSION).encode(), db=dbs[0])
         txn.put(b"key_head", str(lk.HEAD_LEN).encode(), db=dbs[0])
         txn.put(b"created_by", b"duro", db=dbs[0])
-
-    def _check_foreign(self, names: list[bytes]) -> None:
-        foreign = sorted(set(names) - set(_DB_NAMES))
-        if foreign or set(names) != set(_DB_NAMES):
-            shown = ", ".join(repr(n)[2:-1] for n in foreign[:5]) or "missing duro tables"
-            raise ConfigError(
-                f"{self.path} holds an LMDB environment that duro did not create ({shown}); "
-                "refusing to touch it: point lmdb:// at an empty or duro-owned directory")
 
     # -- fork and lifetime -----------------------------------------------------------------
 

@@ -596,8 +596,10 @@ def test_newer_storage_format_is_refused(tmp_path: Path) -> None:
     open_backend(url_for(env_dir)).close()
     env = lmdb.open(str(env_dir), max_dbs=8)
     meta = env.open_db(b"duro.meta")
+    future = env.open_db(b"duro.future")  # a newer duro may add tables
     with env.begin(write=True) as txn:
         txn.put(b"format", str(FORMAT_VERSION + 1).encode(), db=meta)
+        txn.put(b"k", b"v", db=future)
     env.close()
     with pytest.raises(ConfigError, match="upgrade duro"):
         open_backend(url_for(env_dir))
