@@ -51,6 +51,26 @@ def _check(value: object, path: str) -> None:
     )
 
 
+_INT_MIN: Final = -(2**63)
+_INT_MAX: Final = 2**64 - 1
+
+
+def _find_big_int(value: object, path: str) -> str | None:
+    """Where an int outside msgpack's 64-bit range sits (only walked after a failure)."""
+    if type(value) is int:
+        return path if not _INT_MIN <= value <= _INT_MAX else None  # type: ignore[operator]
+    items: list[tuple[str, object]] = []
+    if isinstance(value, list | tuple):
+        items = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+    elif isinstance(value, dict):
+        items = [(f"{path}[{k!r}]", v) for k, v in value.items()]
+    for p, v in items:
+        found = _find_big_int(v, p)
+        if found is not None:
+            return found
+    return None
+
+
 def _default(obj: object) -> msgpack.ExtType:
     if isinstance(obj, _dt.datetime):
         return msgpack.ExtType(_EXT_DATETIME, obj.isoformat().encode())
@@ -60,7 +80,7 @@ def _default(obj: object) -> msgpack.ExtType:
 def _ext_hook(code: int, data: bytes) -> object:
     if code == _EXT_DATETIME:
         return _dt.datetime.fromisoformat(data.decode())
-    return msgpack.ExtType(code, data)
+    raise ValueError(f"unknown msgpack extension type {code}")
 
 
 def encode(value: object) -> bytes:
@@ -70,7 +90,12 @@ def encode(value: object) -> bytes:
     try:
         return FORMAT_TAG + msgpack.packb(value, default=_default, use_bin_type=True)
     except (OverflowError, ValueError, TypeError) as exc:
-        raise UnsupportedValue(f"cannot encode value: {exc}", orig=exc) from exc
+        where = _find_big_int(value, "")
+        if where is None:
+            raise UnsupportedValue(f"cannot encode value: {exc}", orig=exc) from exc
+        raise UnsupportedValue(
+            f"int at {where or 'top level'} is outside the 64-bit range "
+            f"[-2**63, 2**64-1] that duro stores; store it as a str", orig=exc) from exc
 
 
 def encode_value(value: object, max_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> bytes:
@@ -91,6 +116,12 @@ def decode(data: bytes) -> Any:
             f"stored value has unknown codec tag {data[:1]!r}: written by a newer duro or "
             "another program"
         )
-    return msgpack.unpackb(
-        memoryview(data)[1:], ext_hook=_ext_hook, raw=False, strict_map_key=False
-    )
+    try:
+        return msgpack.unpackb(
+            memoryview(data)[1:], ext_hook=_ext_hook, raw=False, strict_map_key=False
+        )
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise UnsupportedValue(
+            f"stored value is corrupt and cannot be decoded ({type(exc).__name__}: {exc})",
+            orig=exc,
+        ) from exc
