@@ -20,7 +20,6 @@ __all__ = ["backend_class", "open_backend", "register_backend", "registry"]
 _BUILTIN: Final = {
     "lmdb": ("duro.backends._lmdb:LMDBBackend", "lmdb"),
     "memory": ("duro.backends._memory:MemoryBackend", None),
-    "mysql": ("duro.backends._sql:SQLBackend", None),
     "postgres": ("duro.backends._sql:SQLBackend", "postgres"),
     "postgresql": ("duro.backends._sql:SQLBackend", "postgres"),
     "s3": ("duro.backends._s3:S3Backend", "s3"),
