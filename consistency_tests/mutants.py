@@ -1,0 +1,122 @@
+"""Deliberately broken duro builds the suite must catch (test-only; never use them for data).
+
+Each mutant breaks the *real* runtime or the *real* backend, not a toy copy: either through a
+test-only :class:`~duro.app.AppConfig` ``unsafe`` flag of the runtime, or through a
+:class:`~duro.backends._proxy.ProxyBackend` subclass wrapped around the real backend.
+
+=====================  =========================================================================
+``skip-epoch-check``   the backend's commit, when fenced, steals the lease under a new epoch and
+                       commits anyway: a stale owner's writes land
+``stale-read``         the runtime serves cached reads after its lease ran out
+                       (``unsafe={"skip_lease_check"}``)
+``steal-lease``        acquire ignores a live lease (passes ``now=+inf``) instead of waiting for
+                       it or forwarding to the owner: two live owners
+``drop-write``         a flush that coalesced several writes loses one
+                       (``unsafe={"drop_coalesced_write"}``)
+``ack-early``          results leave before their writes are durable
+                       (``unsafe={"ack_before_durable"}``), shown by a failed flush or a kill
+``half-batch``         the backend commits the first half of a multi-write batch, then fails
+=====================  =========================================================================
+
+``duro check --mutant NAME`` runs the suite against one of them; it must report an anomaly
+(exit 1). :data:`MUTANTS` maps each name to its :class:`Mutant`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from duro.backends._proxy import ProxyBackend
+from duro.backends.base import Backend, Batch, Lease, ObjectRef
+from duro.errors import BackendUnavailable, Fenced
+
+__all__ = [
+    "MUTANTS",
+    "HalfBatchBackend",
+    "Mutant",
+    "SkipEpochCheckBackend",
+    "StealLeaseBackend",
+    "get_mutant",
+]
+
+
+class SkipEpochCheckBackend(ProxyBackend):
+    """On ``Fenced``, re-acquires with a stolen lease and commits under the new epoch."""
+
+    def commit(self, ref: ObjectRef, epoch: int, batch: Batch) -> None:
+        try:
+            super().commit(ref, epoch, batch)
+        except Fenced:
+            lease = self.inner.acquire(ref, owner="mutant-zombie", address=None, now=math.inf,
+                                       until=0.0)
+            self.inner.commit(ref, lease.epoch, batch)
+
+
+class StealLeaseBackend(ProxyBackend):
+    """Acquire ignores a live lease held by someone else (``now=+inf``)."""
+
+    def acquire(self, ref: ObjectRef, *, owner: str, address: str | None, now: float,
+                until: float, name: str | None = None) -> Lease:
+        return super().acquire(ref, owner=owner, address=address, now=math.inf, until=until,
+                               name=name)
+
+
+class HalfBatchBackend(ProxyBackend):
+    """Commits the first half of a batch with more than one write, then raises."""
+
+    def commit(self, ref: ObjectRef, epoch: int, batch: Batch) -> None:
+        writes = sorted([*batch.puts.items(), *((k, None) for k in batch.deletes)],
+                        key=lambda kv: kv[0])
+        if len(writes) < 2 or batch.delete_all:
+            super().commit(ref, epoch, batch)
+            return
+        half = writes[: len(writes) // 2]
+        part = Batch(puts={k: v for k, v in half if v is not None},
+                     deletes={k for k, v in half if v is None},
+                     lease_until=batch.lease_until, active_at=batch.active_at)
+        super().commit(ref, epoch, part)
+        raise BackendUnavailable("mutant: half of the batch landed, then the commit failed")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """A broken duro: runtime ``unsafe`` flags and/or a wrapper around the real backend.
+
+    *faults*: faults the mutant needs to show (added to the run's faults); *processes*: the
+    least number of Apps/processes it needs.
+    """
+
+    name: str
+    description: str
+    unsafe: frozenset[str] = frozenset()
+    wrap: Callable[[Backend], Backend] | None = None
+    faults: frozenset[str] = frozenset()
+    processes: int = 1
+
+
+MUTANTS: Final[dict[str, Mutant]] = {m.name: m for m in (
+    Mutant("skip-epoch-check", "a fenced commit steals the lease and lands anyway",
+           wrap=SkipEpochCheckBackend, faults=frozenset({"pause"}), processes=2),
+    Mutant("stale-read", "serves cached reads after losing its lease",
+           unsafe=frozenset({"skip_lease_check"}), faults=frozenset({"pause"}), processes=2),
+    Mutant("steal-lease", "steals a live lease instead of forwarding",
+           wrap=StealLeaseBackend, processes=2),
+    Mutant("drop-write", "a flush of coalesced writes drops one",
+           unsafe=frozenset({"drop_coalesced_write"})),
+    Mutant("ack-early", "acknowledges writes before they are durable",
+           unsafe=frozenset({"ack_before_durable"}), faults=frozenset({"errors", "kill"})),
+    Mutant("half-batch", "commits half of a batch, then fails", wrap=HalfBatchBackend),
+)}
+
+
+def get_mutant(name: str | None) -> Mutant | None:
+    """The mutant called *name* (None for none); ``ValueError`` naming the known ones."""
+    if name is None or name in ("", "none"):
+        return None
+    try:
+        return MUTANTS[name]
+    except KeyError:
+        raise ValueError(f"unknown mutant {name!r}; known: {', '.join(MUTANTS)}") from None
