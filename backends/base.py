@@ -72,7 +72,7 @@ class Lease:
     until: float
 
 
-class LeaseHeld(Exception):  # noqa: N818 - internal signal, never reaches users
+class LeaseHeld(Exception):
     """Raised by :meth:`Backend.acquire` when another owner's lease is still live."""
 
     def __init__(self, lease: Lease) -> None:
@@ -93,7 +93,7 @@ class Batch:
     puts: dict[bytes, bytes] = field(default_factory=dict)
     deletes: set[bytes] = field(default_factory=set)
     delete_all: bool = False
-    alarm: float | None | _Unchanged = UNCHANGED
+    alarm: float | _Unchanged | None = UNCHANGED
     lease_until: float | None = None
     active_at: float | None = None
 
@@ -176,7 +176,9 @@ class BackendURL:
         except ValueError:
             value = math.nan
         if not math.isfinite(value) or value < minimum:
-            raise ConfigError(f"{self.scheme} URL option {name}={raw!r} must be a number >= {minimum}")
+            raise ConfigError(
+                f"{self.scheme} URL option {name}={raw!r} must be a number >= {minimum}"
+            )
         return value
 
     def sync_level(self) -> SyncLevel:

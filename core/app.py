@@ -60,7 +60,9 @@ class AppConfig:
     def __post_init__(self) -> None:
         bad = set(self.unsafe) - UNSAFE_FLAGS
         if bad:
-            raise ConfigError(f"unknown unsafe flag(s) {sorted(bad)}; known: {sorted(UNSAFE_FLAGS)}")
+            raise ConfigError(
+                f"unknown unsafe flag(s) {sorted(bad)}; known: {sorted(UNSAFE_FLAGS)}"
+            )
         if self.lease_ttl <= self.drift_margin:
             raise ConfigError("lease_ttl must be greater than drift_margin")
 
@@ -112,6 +114,7 @@ class App:
         self._transport: Transport | None = None
         self._background: asyncio.Task[None] | None = None
         self._websockets: Any = None
+        self._tasks: set[asyncio.Future[None]] = set()
         self._http: Any = None  # a duro.server.Server when serving HTTP (duro serve)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -261,7 +264,9 @@ class App:
                         if not inst.accepting:
                             continue
                         if inst.idle and now - inst.last_active >= cfg.idle_timeout:
-                            asyncio.ensure_future(inst.evict())
+                            evicting = asyncio.ensure_future(inst.evict())
+                            self._tasks.add(evicting)
+                            evicting.add_done_callback(self._tasks.discard)
                         elif inst.lease_expiring(cfg.lease_ttl / 2):
                             inst._renew_soon()
                 since_alarm_poll += tick
@@ -270,7 +275,7 @@ class App:
                     await self._poll_alarms()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - background work must go on
+            except Exception:
                 log.exception("duro background maintenance failed; retrying")
 
     async def _poll_alarms(self) -> None:

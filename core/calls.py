@@ -69,7 +69,7 @@ def decode_error(err: list[str]) -> BaseException:
     if kind == "builtin" and name in _BUILTIN_ERRORS:
         try:
             return _BUILTIN_ERRORS[name](message)
-        except Exception:  # noqa: BLE001 - exotic constructors (e.g. UnicodeError subclasses)
+        except Exception:
             return ObjectError(name, message)
     return ObjectError(name, message)
 

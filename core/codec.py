@@ -30,13 +30,13 @@ def _check(value: object, path: str) -> None:
     t = type(value)
     if t in _SCALARS or t is _dt.datetime:
         return
-    if t is list or t is tuple:
-        for i, item in enumerate(value):  # type: ignore[arg-type]
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
             if type(item) not in _SCALARS:
                 _check(item, f"{path}[{i}]")
         return
-    if t is dict:
-        for k, v in value.items():  # type: ignore[attr-defined]
+    if isinstance(value, dict):
+        for k, v in value.items():
             if type(k) is not str:
                 raise UnsupportedValue(
                     f"dict key {k!r} at {path or 'top level'} is a {type(k).__name__}; "
@@ -58,7 +58,7 @@ _INT_MAX: Final = 2**64 - 1
 def _find_big_int(value: object, path: str) -> str | None:
     """Where an int outside msgpack's 64-bit range sits (only walked after a failure)."""
     if type(value) is int:
-        return path if not _INT_MIN <= value <= _INT_MAX else None  # type: ignore[operator]
+        return path if not _INT_MIN <= value <= _INT_MAX else None
     items: list[tuple[str, object]] = []
     if isinstance(value, list | tuple):
         items = [(f"{path}[{i}]", v) for i, v in enumerate(value)]

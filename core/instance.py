@@ -10,6 +10,7 @@ the next call re-activates the object from storage under a new epoch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import random
@@ -57,7 +58,7 @@ def _internal(method: str) -> Callable[[Instance, bytes], Awaitable[Any]]:
     return handler
 
 
-class Gone(Exception):  # noqa: N818 - internal signal
+class Gone(Exception):
     """The instance stopped taking events before this one started: dispatch it again."""
 
 
@@ -77,7 +78,7 @@ class Instance:
 
     def __init__(
         self,
-        ns: Namespace,
+        ns: Namespace[Any],
         oid: ObjectId,
         lease: Lease,
         sent_at: float,
@@ -183,10 +184,8 @@ class Instance:
                 return  # the flush failed: reset() already ran
             self._cancel_alarm_timer()
             if self._broken is None:
-                try:
+                with contextlib.suppress(DuroError):  # else the lease expires by itself
                     await self.read(self.backend.release, self.ref, self.epoch)
-                except DuroError:
-                    pass  # the lease expires by itself
         finally:
             self.ns._forget(self)
             self.closed.set()
@@ -220,7 +219,7 @@ class Instance:
         try:
             await self.storage.sync()
             await self.read(self.backend.delete_object, self.ref, self.epoch)
-        except Exception as exc:  # noqa: BLE001 - reported to the caller
+        except Exception as exc:
             if not ev.fut.done():
                 ev.fut.set_result(pack_error(exc))
             return
@@ -228,10 +227,8 @@ class Instance:
             ev.fut.set_result(encode_result(None))
         self.reset(ObjectReset("object deleted"))
         self.stats.resets -= 1
-        try:
+        with contextlib.suppress(DuroError):  # else the lease expires by itself
             await self.read(self.backend.release, self.ref, self.epoch)
-        except DuroError:
-            pass  # the lease expires by itself
 
     async def output_ready(self) -> None:
         """Wait until every write so far is durable and the lease is valid (output gate)."""
@@ -255,7 +252,7 @@ class Instance:
                     if renewing is not None:
                         await asyncio.shield(renewing)
                     continue
-                if self._gate_holders or self.storage.dirty_bytes > self.storage._limits.dirty_bytes:
+                if self._gate_holders or self.storage.over_dirty_limit:
                     self.stats.gate_waits += 1
                     await self._wait_gate()
                     continue
@@ -274,7 +271,7 @@ class Instance:
         while self._gate_holders:
             self._gate_free.clear()
             await self._gate_free.wait()
-        if self.storage.dirty_bytes > self.storage._limits.dirty_bytes:
+        if self.storage.over_dirty_limit:
             await self.storage.sync()
 
     async def _call_turn(self, ev: _Event) -> None:
@@ -290,7 +287,7 @@ class Instance:
                 args, kwargs = decode_args(ev.payload)
                 value = await getattr(self.obj, ev.method)(*args, **kwargs)
             out = encode_result(value)
-        except Exception as exc:  # noqa: BLE001 - every error is an output of the call
+        except Exception as exc:
             out = pack_error(exc)
         finally:
             current_call.reset(token)
@@ -438,7 +435,7 @@ class Instance:
         ok = True
         try:
             await self.obj.alarm(AlarmInfo(retry_count=ev.retry))
-        except Exception:  # noqa: BLE001 - a failing alarm is retried
+        except Exception:
             ok = False
         finally:
             current_call.reset(token)

@@ -40,7 +40,7 @@ class ObjectSummary:
     epoch: int
 
 
-class Elsewhere(Exception):  # noqa: N818 - internal signal
+class Elsewhere(Exception):
     """Another live process owns the object; forward the call there."""
 
     def __init__(self, address: str, until: float) -> None:

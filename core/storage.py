@@ -9,6 +9,7 @@ method returns an awaitable that resolves once that write is durable; ignoring i
 from __future__ import annotations
 
 import asyncio
+import builtins
 import datetime as _dt
 import heapq
 import itertools
@@ -75,7 +76,7 @@ class _Overlay:
     def __init__(self) -> None:
         self.writes: dict[bytes, bytes | None] = {}
         self.clear = False
-        self.alarm: float | None | _Unchanged = UNCHANGED
+        self.alarm: float | _Unchanged | None = UNCHANGED
 
     def put(self, k: bytes, v: bytes | None) -> None:
         self.writes[k] = v
@@ -228,20 +229,21 @@ class Storage(_Reader):
 
     async def _scan(
         self, lo: bytes | None, hi: bytes | None, reverse: bool, limit: int | None
-    ) -> list[tuple[bytes, bytes]]:
+    ) -> builtins.list[tuple[bytes, bytes]]:
         def inside(k: bytes) -> bool:
             return (lo is None or k >= lo) and (hi is None or k < hi)
 
         if self._complete:
             self._stats.cache_hits += 1
-            keys = sorted(k for k, v in self._cache.items() if v is not None and inside(k))
-            rows = [(k, self._cache[k]) for k in keys]
+            rows = sorted(
+                (k, v) for k, v in self._cache.items() if v is not None and inside(k)
+            )
         else:
             self._stats.cache_misses += 1
             pending = self._pending()
             extra = sum(1 for k in pending.writes if inside(k))
             backend_limit = None if limit is None else limit + extra
-            got: list[tuple[bytes, bytes]] = []
+            got: builtins.list[tuple[bytes, bytes]] = []
             if not pending.clear:
                 got = await self._inst.read(
                     self._inst.backend.scan, self._inst.ref, lo, hi, reverse=reverse,
@@ -263,12 +265,11 @@ class Storage(_Reader):
                 # The backend stopped early: only keys up to its last row are known.
                 edge = got[-1][0]
                 keys = [k for k in keys if (k >= edge if reverse else k <= edge)]
-            rows = [(k, merged[k]) for k in keys]
+            rows = [(k, v) for k in keys if (v := merged[k]) is not None]
             for k, v in got:
                 if k not in self._cache:
                     self._fill(k, v)
             self._evict()
-        rows = [(k, v) for k, v in rows if v is not None]
         if reverse:
             rows.reverse()
         return rows if limit is None else rows[:limit]
@@ -354,7 +355,8 @@ class Storage(_Reader):
             return v is not None and v is not _MISSING
         if self._pending().clear:
             return False
-        fut = asyncio.ensure_future(self._inst.read(self._inst.backend.get_many, self._inst.ref, [k]))
+        inst = self._inst
+        fut = asyncio.ensure_future(inst.read(inst.backend.get_many, inst.ref, [k]))
         exists: asyncio.Future[bool] = asyncio.ensure_future(_contains(fut, k))
         self._prereads.append(exists)
         return exists
@@ -449,9 +451,9 @@ class Storage(_Reader):
         return self._write_seq
 
     @property
-    def dirty_bytes(self) -> int:
-        """Bytes written but not yet handed to a flush."""
-        return self._dirty_bytes
+    def over_dirty_limit(self) -> bool:
+        """Whether unflushed writes exceed the backpressure limit (new events wait)."""
+        return self._dirty_bytes > self._limits.dirty_bytes
 
     def _start_flush(self) -> None:
         self._flush_scheduled = False
@@ -470,12 +472,14 @@ class Storage(_Reader):
             self._flush(batch_over, self._write_seq, prereads)
         )
 
-    async def _flush(self, over: _Overlay, seq: int, prereads: list[asyncio.Future[Any]]) -> None:
+    async def _flush(
+        self, over: _Overlay, seq: int, prereads: builtins.list[asyncio.Future[Any]]
+    ) -> None:
         try:
             if prereads:
                 await asyncio.gather(*prereads)
             await self._inst.commit(over.to_batch())
-        except BaseException as exc:  # noqa: BLE001 - every failure resets the object
+        except BaseException as exc:
             self._flush_task = None
             self._inflight = None
             self._inst.reset(exc)
@@ -606,7 +610,7 @@ class Transaction(_Reader):
             raise ValueError(f"list(): limit must be a non-negative int, not {limit!r}")
         mine = {k: v for k, v in self._over.writes.items()
                 if (lo is None or k >= lo) and (hi is None or k < hi)}
-        base: list[tuple[bytes, bytes]] = []
+        base: builtins.list[tuple[bytes, bytes]] = []
         if not self._over.clear:
             base_limit = None if limit is None else limit + len(mine)
             base = await self._storage._scan(lo, hi, reverse, base_limit)

@@ -3,11 +3,15 @@
 Fixtures:
 
 - ``duro_backend_url``: a fresh, empty backend URL per test, parametrized over the backends
-  named in ``DURO_TEST_BACKENDS`` (comma-separated; default ``memory,sqlite,lmdb,s3``). A named
-  backend whose driver is missing fails the test: nothing is skipped silently.
+  named in ``DURO_TEST_BACKENDS`` (comma-separated; default ``memory,sqlite,lmdb,s3``, plus
+  ``postgresql`` when PostgreSQL's server binaries are installed). A named backend whose driver
+  (or server) is missing fails the test: nothing is skipped silently.
 - ``duro_backend``: an open :class:`~duro.backends.Backend` on that URL, closed afterwards.
 - ``duro_s3_endpoint``: a serialized moto S3 server on 127.0.0.1 (session-scoped) with a
   bucket ``duro-test`` and dummy credentials.
+- ``duro_postgres``: a throwaway PostgreSQL cluster on 127.0.0.1 (session-scoped,
+  :mod:`duro.pg_cluster`), or the server of env ``DURO_TEST_POSTGRES_URL`` if set; each
+  ``postgresql`` test URL is a fresh database on it, dropped after the test.
 - ``duro_clock``: a :class:`~duro.clock.ManualClock` that tests advance by hand.
 - ``duro_app_factory``: ``make(**options) -> App``, an isolated, not yet started App on the
   test backend using ``duro_clock``; use it as ``async with make() as app``. Pass
@@ -28,7 +32,7 @@ from duro.app import App
 from duro.backends import Backend, open_backend
 from duro.clock import ManualClock
 
-__all__ = ["DEFAULT_TEST_BACKENDS", "make_backend_url", "test_backend_names"]
+__all__ = ["DEFAULT_TEST_BACKENDS", "make_backend_url", "postgres_server", "test_backend_names"]
 
 DEFAULT_TEST_BACKENDS: Final = "memory,sqlite,lmdb,s3"
 S3_TEST_BUCKET: Final = "duro-test"
@@ -36,11 +40,36 @@ S3_TEST_BUCKET: Final = "duro-test"
 
 def test_backend_names() -> list[str]:
     """The backends to test, from ``DURO_TEST_BACKENDS``."""
-    raw = os.environ.get("DURO_TEST_BACKENDS") or DEFAULT_TEST_BACKENDS
+    raw = os.environ.get("DURO_TEST_BACKENDS") or _default_test_backends()
     return [n.strip() for n in raw.split(",") if n.strip()]
 
 
 test_backend_names.__test__ = False  # type: ignore[attr-defined]
+
+
+def _default_test_backends() -> str:
+    from duro.pg_cluster import find_postgres_bin
+
+    if os.environ.get("DURO_TEST_POSTGRES_URL") or find_postgres_bin() is not None:
+        return DEFAULT_TEST_BACKENDS + ",postgresql"
+    return DEFAULT_TEST_BACKENDS
+
+
+_postgres: Any = None  # the session's PostgresCluster / ExternalPostgres, started on first use
+
+
+def postgres_server() -> Any:
+    """The test PostgreSQL server (started on first use, stopped at exit)."""
+    global _postgres
+    if _postgres is None:
+        import atexit
+
+        from duro.pg_cluster import ExternalPostgres, start_postgres_cluster
+
+        external = os.environ.get("DURO_TEST_POSTGRES_URL")
+        _postgres = ExternalPostgres(external) if external else start_postgres_cluster()
+        atexit.register(_postgres.stop)
+    return _postgres
 
 
 def make_backend_url(name: str, directory: Path, s3_endpoint: str | None = None) -> str:
@@ -56,11 +85,8 @@ def make_backend_url(name: str, directory: Path, s3_endpoint: str | None = None)
             raise ValueError("the s3 test backend needs a running moto server endpoint")
         return (f"s3://{S3_TEST_BUCKET}/{uuid.uuid4().hex[:12]}"
                 f"?endpoint_url={s3_endpoint}&region=us-east-1")
-    if name == "postgresql":
-        url = os.environ.get("DURO_TEST_POSTGRES_URL")
-        if not url:
-            raise ValueError("set DURO_TEST_POSTGRES_URL to test the postgresql backend")
-        return url
+    if name == "postgresql":  # a fresh database on the session's server
+        return str(postgres_server().new_database())
     raise ValueError(f"unknown test backend {name!r} in DURO_TEST_BACKENDS")
 
 
@@ -91,13 +117,31 @@ def duro_s3_endpoint() -> Iterator[str]:
                 os.environ[k] = v
 
 
+@pytest.fixture(scope="session")
+def duro_postgres() -> Iterator[Any]:
+    """The test PostgreSQL server: ``new_database() -> url``, ``drop_database(url)``."""
+    server = postgres_server()
+    try:
+        yield server
+    finally:
+        global _postgres
+        server.stop()
+        _postgres = None
+
+
 @pytest.fixture
 def duro_backend_url(
     request: pytest.FixtureRequest, duro_backend_name: str, tmp_path: Path
-) -> str:
+) -> Iterator[str]:
     """A fresh, empty backend URL (parametrized over ``DURO_TEST_BACKENDS``)."""
+    if duro_backend_name == "postgresql":
+        server = request.getfixturevalue("duro_postgres")
+        url = server.new_database()
+        yield url
+        server.drop_database(url)
+        return
     endpoint = request.getfixturevalue("duro_s3_endpoint") if duro_backend_name == "s3" else None
-    return make_backend_url(duro_backend_name, tmp_path, endpoint)
+    yield make_backend_url(duro_backend_name, tmp_path, endpoint)
 
 
 @pytest.fixture

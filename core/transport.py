@@ -42,7 +42,7 @@ def parse_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class OwnerUnreachable(Exception):  # noqa: N818 - internal signal
+class OwnerUnreachable(Exception):
     """Nothing answers at the owner's address, or the owner is handing its objects over."""
 
     def __init__(self, moving: bool) -> None:
@@ -119,7 +119,7 @@ class Transport:
         except AppClosing:
             # The call did not start here: the caller retries at the next owner.
             return Response(b"", status_code=503, headers={"x-duro-moving": "1"})
-        except Exception as exc:  # noqa: BLE001 - every error is a reply
+        except Exception as exc:
             reply = pack_error(exc)
         return Response(reply, media_type=_CONTENT_TYPE)
 

@@ -91,7 +91,7 @@ async def main() -> None:
             elif "close" in cmd:
                 await app.close()
                 reply({"id": n, "ok": True})
-        except Exception as exc:  # noqa: BLE001 - reported to the test
+        except Exception as exc:
             reply({"id": n, "err": [type(exc).__name__, str(exc)]})
 
     tasks = set()
