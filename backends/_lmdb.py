@@ -28,9 +28,14 @@ Concurrency: write transactions run on one writer thread per environment and pro
 hand over work and wait (queued commits share one LMDB transaction, each in its own nested
 transaction, so they also share one flush). Every write checks the object's fencing epoch in
 the same transaction. Reads use short read transactions on the calling thread. Other processes
-may open the same directory; slots of dead readers are reclaimed on open, periodically, and when
-the table is full. An environment is never used across ``fork()``: open the backend again in
-the child.
+may open the same directory; slots of dead readers are reclaimed on open, every second by each
+process's writer thread, and whenever the table is full (py-lmdb needs a free slot to open an
+environment at all, so an open waits up to 5 s for live processes to free dead slots).
+
+Fork: an environment is never used across ``fork()``; a backend inherited by a child raises
+:class:`~duro.errors.BackendError`. py-lmdb cannot reopen, in a forked child, an environment
+its parent had open, so open ``lmdb://`` backends after forking, or start worker processes
+with the ``spawn`` or ``forkserver`` method.
 """
 
 from __future__ import annotations
@@ -71,7 +76,8 @@ OPTIONS: Final = ("map_size", "max_readers", "sync")
 DEFAULT_MAP_SIZE: Final = 1 << 30
 _MIN_MAP_SIZE: Final = 1 << 16
 _DB_NAMES: Final = (b"duro.meta", b"duro.objects", b"duro.kv", b"duro.alarms", b"duro.namespaces")
-_READER_CHECK_EVERY: Final = 10.0
+_READER_CHECK_EVERY: Final = 1.0
+_OPEN_WAIT: Final = 5.0
 _MAX_GROUP: Final = 256
 _MAX_GROWS: Final = 48
 
@@ -137,6 +143,10 @@ class _Resized(Exception):
     """Another process grew the map while this one was opening the environment."""
 
 
+class _ReadersFull(Exception):
+    """The reader table was full while this process was opening the environment."""
+
+
 class _Env:
     """One open LMDB environment in this process: handles, writer thread, resize gate."""
 
@@ -147,11 +157,13 @@ class _Env:
         self.refs = 0
         self.closed = False
         try:
-            self.env = lmdb.open(
-                path, map_size=map_size, subdir=True, max_dbs=len(_DB_NAMES) + 2,
-                max_readers=max_readers, sync=sync != "off", metasync=sync == "full",
-                lock=True, create=True,
-            )
+            self.env = self._open_env(map_size, sync, max_readers)
+        except lmdb.ReadersFullError as exc:
+            raise BackendUnavailable(
+                f"cannot open the LMDB environment in {path}: all its reader slots are taken "
+                f"(by live readers, or by killed processes that another process using it frees "
+                f"within {_READER_CHECK_EVERY:g} s); raise max_readers or retry",
+                orig=exc) from exc
         except lmdb.InvalidError as exc:
             raise BackendError(
                 f"{path}/data.mdb is not a valid LMDB data file (corrupt, truncated, or not "
@@ -197,6 +209,25 @@ class _Env:
 
     # -- opening ---------------------------------------------------------------------------
 
+    def _open_env(self, map_size: int, sync: str, max_readers: int) -> lmdb.Environment:
+        # py-lmdb takes a reader slot while opening, so a table full of dead processes' slots
+        # blocks the open itself; live duro processes free those within _READER_CHECK_EVERY.
+        deadline = time.monotonic() + _OPEN_WAIT
+        delay = 0.02
+        while True:
+            try:
+                return lmdb.open(
+                    self.path, map_size=map_size, subdir=True, max_dbs=len(_DB_NAMES) + 2,
+                    max_readers=max_readers, sync=sync != "off", metasync=sync == "full",
+                    lock=True, create=True,
+                )
+            except lmdb.ReadersFullError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+
     def _open_dbs(self) -> None:
         for _ in range(8):
             try:
@@ -204,21 +235,29 @@ class _Env:
                 return
             except _Resized:
                 self.env.set_mapsize(0)  # another process grew the map; nothing is open yet
-        raise BackendUnavailable(f"LMDB environment {self.path} kept changing size; retry")
+            except _ReadersFull:
+                self.env.reader_check()
+                time.sleep(0.01)
+        raise BackendUnavailable(
+            f"cannot open the LMDB environment in {self.path}: its map kept changing size or "
+            f"all {self.env.max_readers()} reader slots stayed in use (raise max_readers); retry")
 
     def _open_dbs_once(self) -> None:
         if self.env.max_key_size() < lk.LONG_LEN:
             raise ConfigError(f"this LMDB build allows keys of {self.env.max_key_size()} bytes; "
                               f"duro needs {lk.LONG_LEN}")
         try:
+            # (``del txn``: py-lmdb frees a reader slot only when the object goes away.)
             with self.env.begin() as txn:
                 names = [k for k, _ in txn.cursor()]
+            del txn
             if not names:
-                with self.env.begin(write=True) as txn:
-                    names = [k for k, _ in txn.cursor()]
+                with self.env.begin(write=True) as wtxn:
+                    names = [k for k, _ in wtxn.cursor()]
                     if not names:
-                        self._create(txn)
+                        self._create(wtxn)
                         names = list(_DB_NAMES)
+                del wtxn
             foreign = sorted(n for n in names if not n.startswith(b"duro."))
             if foreign or b"duro.meta" not in names:
                 shown = ", ".join(repr(n)[2:-1] for n in foreign[:5]) or "no duro.meta"
@@ -230,6 +269,7 @@ class _Env:
             with self.env.begin() as txn:
                 fmt = txn.get(b"format", db=self.meta)
                 head = txn.get(b"key_head", db=self.meta)
+            del txn
             if fmt is None or not fmt.isdigit():
                 raise ConfigError(f"{self.path} holds an LMDB environment without a duro format "
                                   "record; refusing to touch it")
@@ -244,6 +284,8 @@ class _Env:
             raise
         except lmdb.MapResizedError as exc:
             raise _Resized from exc
+        except lmdb.ReadersFullError as exc:
+            raise _ReadersFull from exc
         except lmdb.Error as exc:
             raise ConfigError(f"{self.path} holds an LMDB environment duro cannot use "
                               f"({_describe(exc)}); refusing to touch it", orig=exc) from exc
@@ -338,11 +380,7 @@ class _Env:
             self._enter()
             resize = check = False
             try:
-                txn = self.env.begin()
-                try:
-                    return fn(txn)
-                finally:
-                    txn.abort()
+                return self._read_once(fn)
             except lmdb.MapResizedError:
                 resize = True
             except lmdb.ReadersFullError as exc:
@@ -361,6 +399,14 @@ class _Env:
             if check:
                 self.reader_check()
         raise BackendUnavailable(f"LMDB environment {self.path} kept changing size; retry")
+
+    def _read_once(self, fn: Callable[[lmdb.Transaction[bytes]], T]) -> T:
+        # A function of its own: py-lmdb frees the reader slot only when ``txn`` goes away.
+        txn = self.env.begin()
+        try:
+            return fn(txn)
+        finally:
+            txn.abort()
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -383,7 +429,12 @@ class _Env:
         self._writer_ident = threading.get_ident()
         stop = False
         while not stop:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=_READER_CHECK_EVERY)
+            except queue.Empty:  # idle: free the slots of dead readers now and then
+                with contextlib.suppress(DuroError):
+                    self.reader_check()
+                continue
             if first is None:
                 break
             calls = [first]

@@ -437,18 +437,29 @@ _READER = textwrap.dedent("""
 """)
 
 
-def _kill_readers(url: str, n: int) -> list[int]:
-    pids = []
-    for _ in range(n):
+def _readers(url: str, n: int) -> list[subprocess.Popen[str]]:
+    """Start *n* processes that each hold a read transaction (a reader slot)."""
+    procs = []
+    for _ in range(n):  # one after the other: each frees dead slots when it opens
         p = subprocess.Popen([sys.executable, "-c", _READER, url], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
         assert p.stdout is not None
         line = p.stdout.readline()
         assert line.strip() == "ready", p.communicate()[1]
+        procs.append(p)
+    return procs
+
+
+def _kill(procs: list[subprocess.Popen[str]]) -> list[int]:
+    for p in procs:
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
-        pids.append(p.pid)
-    return pids
+    return [p.pid for p in procs]
+
+
+def _kill_readers(url: str, n: int) -> list[int]:
+    """Start *n* processes that each hold a read transaction, then kill -9 them all."""
+    return _kill(_readers(url, n))
 
 
 def _reader_pids(b: Backend) -> set[int]:
@@ -470,15 +481,40 @@ def test_stale_reader_of_a_killed_process_is_freed(lmdb_url: str) -> None:
 
 
 def test_reader_table_full_of_dead_processes_recovers_on_open(tmp_path: Path) -> None:
-    url = url_for(tmp_path / "env", max_readers="3")
-    open_backend(url).close()
-    pids = _kill_readers(url, 3)
-    b = open_backend(url)  # frees the dead slots before its first read
+    url = url_for(tmp_path / "env", max_readers="4")
+    keeper, *doomed = _readers(url, 4)  # a live process keeps LMDB from resetting its table
     try:
-        assert not set(pids) & _reader_pids(b)
+        pids = _kill(doomed)  # the table is now full: one live reader, three dead ones
+        # py-lmdb needs a slot to open at all; the live duro process frees dead slots while
+        # idle, so the open waits briefly and then succeeds.
+        b = open_backend(url)
+        try:
+            listed = _reader_pids(b)
+            assert keeper.pid in listed and not set(pids) & listed
+            r = ref()
+            b.commit(r, own(b, r), Batch(puts={b"k": b"v"}))
+            assert b.get_many(r, [b"k"]) == {b"k": b"v"}
+        finally:
+            b.close()
+    finally:
+        _kill([keeper])
+
+
+def test_reads_recover_when_dead_processes_fill_the_reader_table(tmp_path: Path) -> None:
+    url = url_for(tmp_path / "env", max_readers="3")
+    b = open_backend(url)
+    assert isinstance(b, LMDBBackend)
+    try:
         r = ref()
         b.commit(r, own(b, r), Batch(puts={b"k": b"v"}))
-        assert b.get_many(r, [b"k"]) == {b"k": b"v"}
+        held = b._env.env.begin()  # this process keeps one slot busy
+        try:
+            pids = _kill_readers(url, 2)  # two more slots, owned by dead processes: full
+            assert set(pids) <= _reader_pids(b)
+            assert b.get_many(r, [b"k"]) == {b"k": b"v"}  # table full -> reader check -> retry
+            assert not set(pids) & _reader_pids(b)
+        finally:
+            held.abort()
     finally:
         b.close()
 
