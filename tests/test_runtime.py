@@ -440,3 +440,93 @@ def test_alarm_fires_and_retries_with_backoff(duro_app_factory: Make,
             assert Alarmed.fired == [0, 1, 2]
 
     run(main())
+
+
+# -- registry, lifecycle helpers, cache bounds ----------------------------------------------------
+
+
+def test_list_and_delete_objects(duro_app_factory: Make, duro_backend_url: str) -> None:
+    async def main() -> None:
+        async with duro_app_factory() as app:
+            ns = app.namespace(Store)
+            for i in range(5):
+                await ns.get_by_name(f"o{i}").put("k", i)
+            first = await ns.list_objects(limit=3)
+            rest = await ns.list_objects(after=first[-1].id, limit=3)
+            listed = first + rest
+            assert len(listed) == 5 and len({o.id for o in listed}) == 5
+            assert [o.id.hex for o in listed] == sorted(o.id.hex for o in listed)
+            assert {o.name for o in listed} == {f"o{i}" for i in range(5)}
+            victim = ns.id_from_name("o2")
+            before = next(o for o in listed if o.id == victim).epoch
+            await ns.delete_object(victim)
+            names = {o.name for o in await ns.list_objects(limit=10)}
+            assert "o2" not in names and len(names) == 4
+            assert await ns.get(victim).get("k") is None  # re-activated empty, no stale cache
+            lease = app.backend.read_lease(ObjectRef("Store", victim.hex))
+            assert lease is not None and lease.epoch > before
+
+    run(main())
+
+
+class Lifecycle(duro.DurableObject):
+    events: list[str] = []
+
+    async def put_then_abort(self) -> None:
+        self.storage.put("x", 1)
+        self.ctx.abort("test abort")
+
+    async def failing_critical_section(self) -> None:
+        async def boom() -> None:
+            raise RuntimeError("critical section failed")
+
+        await self.ctx.block_concurrency_while(boom())
+
+    async def background(self) -> None:
+        async def later() -> None:
+            await asyncio.sleep(0.2)
+            Lifecycle.events.append("background done")
+            self.storage.put("bg", True)
+
+        self.ctx.wait_until(later())
+
+    async def get(self, key: str) -> Any:
+        return await self.storage.get(key)
+
+
+def test_abort_block_concurrency_and_wait_until(duro_app_factory: Make) -> None:
+    async def main() -> None:
+        Lifecycle.events = []
+        async with duro_app_factory(clock=None, idle_timeout=0.05) as app:
+            ns = app.namespace(Lifecycle)
+            stub = ns.get_by_name("l")
+            with pytest.raises(duro.ObjectReset, match="test abort"):
+                await stub.put_then_abort()
+            with pytest.raises(duro.ObjectReset, match="critical section failed"):
+                await stub.failing_critical_section()
+            assert ns.stats().resets == 2
+            await stub.background()
+            await asyncio.sleep(0.1)  # idle timeout passed, but wait_until holds eviction
+            assert Lifecycle.events == []
+            await asyncio.sleep(0.3)
+            assert Lifecycle.events == ["background done"]
+            assert await stub.get("bg") is True
+
+    run(main())
+
+
+def test_bounded_cache_stays_correct(duro_app_factory: Make) -> None:
+    async def main() -> None:
+        limits = duro.StorageLimits(cache_entries=4, preload_keys=2)
+        async with duro_app_factory(storage_limits=limits) as app:
+            ns = app.namespace(Store)
+            stub = ns.get_by_name("lru")
+            for i in range(20):
+                await stub.put(f"k{i:02d}", i)
+            for i in range(20):
+                assert await stub.get(f"k{i:02d}") == i
+            listed = await stub.listing(prefix="k")
+            assert listed == [[f"k{i:02d}", i] for i in range(20)]
+            assert ns.stats().evictions > 0
+
+    run(main())
