@@ -165,17 +165,19 @@ def _spec(d: Draw) -> OpSpec:
     return OpSpec("txn", None, micro)
 
 
-def make_program(d: Draw, *, objects: int, clients: int, ops: int, processes: int = 1) -> Program:
+def make_program(d: Draw, *, objects: int, clients: int, ops: int, processes: int = 1,
+                 prefix: str = "") -> Program:
     """A program: *objects* objects, *clients* clients per object (≤ 8), about *ops* ops.
 
     Clients are spread round-robin over *processes* homes (process index or App index), so
-    with more than one home an object gets calls from processes that do not own it.
+    with more than one home an object gets calls from processes that do not own it. Objects
+    are named ``<prefix>obj<i>``.
     """
     if not 1 <= clients <= MAX_CLIENTS_PER_OBJECT:
         raise ValueError(f"clients per object must be 1..{MAX_CLIENTS_PER_OBJECT}, got {clients}")
     if objects < 1 or ops < 1 or processes < 1:
         raise ValueError("objects, ops and processes must be positive")
-    names = [f"obj{i}" for i in range(objects)]
+    names = [f"{prefix}obj{i}" for i in range(objects)]
     per_client = max(1, ops // (objects * clients))
     plans: list[ClientPlan] = []
     for o, name in enumerate(names):
@@ -188,10 +190,10 @@ def make_program(d: Draw, *, objects: int, clients: int, ops: int, processes: in
 
 
 def random_program(seed: int, *, objects: int, clients: int, ops: int,
-                   processes: int = 1) -> Program:
+                   processes: int = 1, prefix: str = "") -> Program:
     """:func:`make_program` driven by ``random.Random(seed)`` (for ``duro check --seed``)."""
     return make_program(_RandomDraw(random.Random(seed)), objects=objects, clients=clients,
-                        ops=ops, processes=processes)
+                        ops=ops, processes=processes, prefix=prefix)
 
 
 @st.composite

@@ -1,0 +1,289 @@
+"""The runner behind ``duro check``: many histories against one backend URL, checked, summed up.
+
+:func:`run_check` generates one program per history from ``seed + i``, runs it deterministically
+(:mod:`duro.consistency.scheduler`) or free-running (:mod:`duro.consistency.freerun`), checks
+it (:func:`duro.consistency.checker.check_history`, 30 s hard limit per history, past which
+the verdict is ``unknown``) and stops at the first anomaly. It shows a rich progress bar and
+returns a :class:`CheckSummary`: histories, ops, objects, median overlap of ops per object,
+faults injected, anomalies, unknown verdicts, checker time p50/p99, and the seeds to replay.
+
+Modes: ``deterministic``, ``tasks``, ``threads``, ``processes``, or ``mixed`` (the default):
+three deterministic histories for each free-running one, which runs in ``processes`` when
+``kill``/``pause`` are asked for and the backend is shared between processes, else ``tasks``.
+
+Objects are named after the history's seed (``s<seed>-obj<i>``) in namespace ``KV``; any state a
+previous run left under those names is deleted first, so a seed replays byte for byte.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from duro.backends import Backend, LeaseHeld, ObjectRef, open_backend
+from duro.consistency.checker import CheckResult, check_history
+from duro.consistency.faults import parse_faults
+from duro.consistency.freerun import run_free
+from duro.consistency.history import History
+from duro.consistency.mutants import get_mutant
+from duro.consistency.scheduler import RandomChooser, RunResult, run_deterministic
+from duro.consistency.target import NAMESPACE
+from duro.consistency.workloads import Program, random_program
+from duro.ids import id_from_name
+
+__all__ = ["CHECK_TIME_LIMIT", "MODES", "CheckSummary", "overlap", "run_check", "wipe_objects"]
+
+CHECK_TIME_LIMIT: Final = 30.0
+MODES: Final = ("mixed", "deterministic", "tasks", "threads", "processes")
+
+
+@dataclass
+class CheckSummary:
+    """What a ``duro check`` run found (``verdict``: ``ok`` | ``anomaly`` | ``unknown``)."""
+
+    backend: str
+    verdict: str = "ok"
+    histories: int = 0
+    deterministic: int = 0
+    free_running: int = 0
+    ops: int = 0
+    objects: int = 0
+    median_overlap: float = 0.0
+    faults: dict[str, int] = field(default_factory=lambda: {"kill": 0, "pause": 0, "errors": 0})
+    backend_calls: int = 0
+    fault_runs: int = 0
+    kill_runs: int = 0
+    anomalies: int = 0
+    unknowns: int = 0
+    hung: int = 0
+    infos: int = 0
+    check_p50_ms: float = 0.0
+    check_p99_ms: float = 0.0
+    check_max_s: float = 0.0
+    seconds: float = 0.0
+    simulated_seconds: float = 0.0
+    seeds: list[int] = field(default_factory=list)
+    failing_seed: int | None = None
+    failing_mode: str | None = None
+    explanation: str = ""
+    mutant: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0 linearizable, 1 anomaly, 3 unknown (2 is for usage/setup errors, raised earlier)."""
+        return {"ok": 0, "anomaly": 1, "unknown": 3}[self.verdict]
+
+    def table(self) -> list[tuple[str, str]]:
+        """Rows of the printed summary."""
+        f = self.faults
+        err_rate = f["errors"] / self.backend_calls if self.backend_calls else 0.0
+        seeds = (f"{self.seeds[0]}..{self.seeds[-1]}" if len(self.seeds) > 1
+                 else str(self.seeds[0]) if self.seeds else "-")
+        return [
+            ("verdict", self.verdict),
+            ("backend", self.backend + (f"  (mutant {self.mutant})" if self.mutant else "")),
+            ("histories", f"{self.histories} ({self.deterministic} deterministic, "
+                          f"{self.free_running} free-running)"),
+            ("ops checked", str(self.ops)),
+            ("objects", str(self.objects)),
+            ("median overlap", f"{self.median_overlap:.1f} ops in flight per object"),
+            ("faults", f"kill -9 {f['kill']}, pause {f['pause']}, errors {f['errors']} "
+                       f"({err_rate:.1%} of backend calls)"),
+            ("fault runs", f"{self.fault_runs} ({self.kill_runs} with kill -9)"),
+            ("info ops", str(self.infos)),
+            ("anomalies", str(self.anomalies)),
+            ("unknown", str(self.unknowns)),
+            ("never answered", str(self.hung)),
+            ("check time", f"p50 {self.check_p50_ms:.1f} ms, p99 {self.check_p99_ms:.1f} ms, "
+                           f"max {self.check_max_s:.2f} s (limit {CHECK_TIME_LIMIT:.0f} s)"),
+            ("wall time", f"{self.seconds:.1f} s"
+                          + (f" (simulated {self.simulated_seconds:.0f} s of lease time)"
+                             if self.simulated_seconds else "")),
+            ("seeds", seeds + (f"; failing seed {self.failing_seed} ({self.failing_mode})"
+                               if self.failing_seed is not None else "")),
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary as a JSON-ready dict."""
+        return asdict(self)
+
+
+def overlap(history: History) -> float:
+    """Median, over ops, of how many ops of the same object overlap it (itself included).
+
+    1.0 means the ops of each object never overlapped (a sequential history proves little);
+    the suite wants at least 2.
+    """
+    n_events = len(history.events)
+    by_obj: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for op in history.ops():
+        end = op.done if op.done is not None else n_events
+        by_obj[op.object].append((op.call, end))
+    counts: list[int] = []
+    for spans in by_obj.values():
+        calls = sorted(c for c, _ in spans)
+        ends = sorted(e for _, e in spans)
+        for c, e in spans:
+            started_before_end = bisect.bisect_left(calls, e)  # calls before my end
+            ended_before_start = bisect.bisect_left(ends, c)  # ends before my call
+            counts.append(started_before_end - ended_before_start)
+    return float(statistics.median(counts)) if counts else 0.0
+
+
+def wipe_objects(backend: Backend, program: Program) -> None:
+    """Delete whatever an earlier run left under this program's object names."""
+    for obj in program.objects:
+        ref = ObjectRef(NAMESPACE, id_from_name(NAMESPACE, obj).hex)
+        if backend.read_lease(ref) is None:
+            continue
+        try:
+            lease = backend.acquire(ref, owner="duro-check", address=None, now=time.time(),
+                                    until=time.time() + 5)
+        except LeaseHeld:  # our own test namespace: a leftover lease of a dead run
+            lease = backend.acquire(ref, owner="duro-check", address=None, now=math.inf,
+                                    until=time.time() + 5)
+        backend.delete_object(ref, lease.epoch)
+        backend.release(ref, lease.epoch)
+
+
+def _mode_for(i: int, mode: str, backend: Backend, faults: frozenset[str], processes: int) -> str:
+    if mode != "mixed":
+        return mode
+    if i % 4 != 3:
+        return "deterministic"
+    if faults & {"kill", "pause"} and backend.multi_process and processes > 1:
+        return "processes"
+    return "tasks" if i % 8 == 3 else "threads"
+
+
+def run_check(backend_url: str, seed: int = 0, ops: int = 200, objects: int = 2,
+              clients: int = 4, processes: int = 2, faults: str | frozenset[str] | None = None,
+              mutant: str | None = None, history_out: str | Path | None = None,
+              report: str | Path | None = None, *, histories: int = 20, mode: str = "mixed",
+              error_rate: float = 0.03, console: Console | None = None,
+              progress: bool = True) -> CheckSummary:
+    """Run *histories* histories against *backend_url* and check each (module docstring).
+
+    *ops* per history, *objects* per history, *clients* per object (≤ 8), *processes* Apps or
+    OS processes, *faults* ⊆ ``kill,pause,errors``, *mutant* a name from
+    :data:`duro.consistency.mutants.MUTANTS`. *history_out* receives the first failing history
+    (else the last one); *report* the summary (``.json``) or an HTML report of that history.
+    Raises ``ValueError``/``ConfigError`` for bad settings (the CLI's exit 2).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+    fault_set = parse_faults(faults)
+    m = get_mutant(mutant)
+    if m is not None:
+        fault_set |= m.faults
+        processes = max(processes, m.processes)
+    if histories < 1:
+        raise ValueError("histories must be at least 1")
+    console = console or Console(stderr=True)
+    summary = CheckSummary(backend_url, mutant=mutant)
+    overlaps: list[float] = []
+    check_times: list[float] = []
+    kept: tuple[History, CheckResult] | None = None
+    t0 = time.monotonic()
+    backend = open_backend(backend_url)
+    try:
+        if m is None and (fault_set & {"kill", "pause"}) and not backend.multi_process \
+                and mode == "processes":
+            raise ValueError("kill and pause in processes mode need a backend shared between "
+                             f"processes; {backend_url} is not")
+        with Progress(TextColumn("[bold]duro check[/bold] {task.description}"), BarColumn(),
+                      MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                      disable=not progress, transient=True) as bar:
+            task = bar.add_task(backend_url, total=histories)
+            for i in range(histories):
+                s = seed + i
+                hmode = _mode_for(i, mode, backend, fault_set, processes)
+                program = random_program(s, objects=objects, clients=clients, ops=ops,
+                                         processes=processes, prefix=f"s{s}-")
+                wipe_objects(backend, program)
+                run = _run_one(program, backend_url, backend, hmode, fault_set, s, m.name if m else None,
+                               processes, error_rate)
+                result = check_history(run.history, timeout=CHECK_TIME_LIMIT)
+                summary.histories += 1
+                summary.seeds.append(s)
+                if hmode == "deterministic":
+                    summary.deterministic += 1
+                else:
+                    summary.free_running += 1
+                summary.ops += result.ops
+                summary.objects += result.objects
+                summary.infos += sum(1 for op in run.history.ops() if op.outcome == "info")
+                for k, v in run.faults.items():
+                    summary.faults[k] = summary.faults.get(k, 0) + v
+                summary.backend_calls += run.backend_calls
+                if any(run.faults.values()):
+                    summary.fault_runs += 1
+                summary.kill_runs += bool(run.faults.get("kill"))
+                summary.hung += run.hung
+                summary.simulated_seconds += run.simulated_seconds
+                overlaps.append(overlap(run.history))
+                check_times.append(result.seconds)
+                bad = result.verdict == "anomaly" or run.hung > 0
+                if result.verdict == "unknown" or result.seconds > CHECK_TIME_LIMIT:
+                    summary.unknowns += 1
+                kept = (run.history, result)
+                bar.advance(task)
+                if bad:
+                    summary.anomalies += 1
+                    summary.failing_seed, summary.failing_mode = s, hmode
+                    summary.explanation = result.explain() if result.anomalies else (
+                        f"{run.hung} op(s) never answered: a liveness failure")
+                    break
+    finally:
+        backend.close()
+    summary.seconds = time.monotonic() - t0
+    summary.median_overlap = float(statistics.median(overlaps)) if overlaps else 0.0
+    if check_times:
+        ms = sorted(t * 1000 for t in check_times)
+        summary.check_p50_ms = statistics.median(ms)
+        summary.check_p99_ms = ms[min(len(ms) - 1, math.ceil(0.99 * len(ms)) - 1)]
+        summary.check_max_s = max(check_times)
+    summary.verdict = ("anomaly" if summary.anomalies else
+                       "unknown" if summary.unknowns else "ok")
+    if kept is not None:
+        _write_outputs(kept, summary, history_out, report)
+    return summary
+
+
+def _run_one(program: Program, url: str, backend: Backend, mode: str, faults: frozenset[str],
+             seed: int, mutant: str | None, processes: int, error_rate: float) -> RunResult:
+    m = get_mutant(mutant)
+    if mode == "deterministic":
+        return run_deterministic(program, backend, RandomChooser(seed), processes=processes,
+                                 faults=faults, error_rate=error_rate, seed=seed,
+                                 unsafe=m.unsafe if m else frozenset(),
+                                 wrap=m.wrap if m else None)
+    free_faults = faults if mode == "processes" else faults & {"errors"}
+    return run_free(program, url, mode=mode, faults=free_faults, error_rate=error_rate,
+                    seed=seed, mutant=mutant, backend=backend)
+
+
+def _write_outputs(kept: tuple[History, CheckResult], summary: CheckSummary,
+                   history_out: str | Path | None, report: str | Path | None) -> None:
+    history, result = kept
+    if history_out is not None:
+        history.dump(history_out)
+    if report is not None:
+        path = Path(report)
+        if path.suffix == ".json":
+            path.write_text(json.dumps(summary.to_json(), indent=2) + "\n", encoding="utf-8")
+        else:
+            from duro.consistency.report import html_report
+
+            title = f"duro check {summary.backend}"
+            path.write_text(html_report(result, title=title), encoding="utf-8")
