@@ -106,6 +106,10 @@ class BenchConfig:
     quick: bool = False
     step_timeout: float = 300.0
     pad_sweep: bool = True
+    cold_start: bool = True
+    """Load data through a first App and time a fresh one (reads start from storage, not from
+    the loader's cache); quick runs load and time in one App (their objects fit the runtime's
+    activation preload anyway)."""
     """Bring fresh stores to steady state before sweep runs too (target runs always do)."""
 
     @classmethod
@@ -113,7 +117,8 @@ class BenchConfig:
         """Short runs over a small sweep: under a minute on sqlite + lmdb."""
         base = cls(clients=[1, 64], objects=[1], value_sizes=[100], records=200,
                    fan_out_objects=32, duration=0.3, max_ops=50_000, target_duration=0.6,
-                   quick=True, step_timeout=120.0, pad_sweep=False)
+                   quick=True, step_timeout=120.0, pad_sweep=False,
+                   cold_start=False)
         for k, v in overrides.items():
             setattr(base, k, v)
         return base
@@ -145,6 +150,7 @@ class BenchConfig:
             "seed": self.seed,
             "quick": self.quick,
             "steady_state_pad": "targets and sweep" if self.pad_sweep else "targets only",
+            "cold_start": self.cold_start,
             "key_distribution": "zipfian(0.99) for ycsb-*, uniform otherwise",
             "baselines": "same op stream, one thread, one operation per transaction",
         }
@@ -394,7 +400,7 @@ class Runner:
         *,
         pad: bool = True,
     ) -> Measurement:
-        """Load *records* into each object (in a first App), then time *body* in a fresh App.
+        """Load *records* into each object, then time *body* (in a fresh App if cold_start).
 
         With *pad*, a file store is first brought to steady state (see :data:`PAD_COUNT`).
         """
@@ -405,20 +411,15 @@ class Runner:
         url = spec.case_url(case_dir)
         ns_name = self._namespace()
         try:
-            if spec.kind == "memory":
-                async with duro.App(backend=url) as app:
-                    ns = app.namespace(BenchObject, name=ns_name)
-                    if records:
-                        await self._load(ns, names, records, value)
-                    stubs = [ns.get_by_name(n) for n in names]
-                    await asyncio.gather(*(s.noop() for s in stubs))
-                    return await body(ns, stubs)
-            if records:
+            single = spec.kind == "memory" or not self.config.cold_start
+            if records and not single:
                 async with duro.App(backend=url) as app:
                     ns = app.namespace(BenchObject, name=ns_name)
                     await self._load(ns, names, records, value)
             async with duro.App(backend=url) as app:
                 ns = app.namespace(BenchObject, name=ns_name)
+                if records and single:
+                    await self._load(ns, names, records, value)
                 stubs = [ns.get_by_name(n) for n in names]
                 await asyncio.gather(*(s.noop() for s in stubs))
                 if pad and spec.kind not in ("s3", "memory"):
