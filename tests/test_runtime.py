@@ -494,10 +494,29 @@ class Lifecycle(duro.DurableObject):
         return await self.storage.get(key)
 
 
-def test_abort_block_concurrency_and_wait_until(duro_app_factory: Make) -> None:
+class Recording(ProxyBackend):
+    """Records commits (their keys) and releases, in order."""
+
+    def __init__(self, inner: Backend) -> None:
+        super().__init__(inner)
+        self.log: list[str] = []
+
+    def commit(self, ref: ObjectRef, epoch: int, batch: Batch) -> None:
+        super().commit(ref, epoch, batch)
+        self.log.append("commit " + ",".join(sorted(k.decode() for k in batch.puts)))
+
+    def release(self, ref: ObjectRef, epoch: int) -> None:
+        self.log.append("release")
+        super().release(ref, epoch)
+
+
+def test_abort_block_concurrency_and_wait_until(
+    duro_app_factory: Make, duro_backend_url: str
+) -> None:
     async def main() -> None:
         Lifecycle.events = []
-        async with duro_app_factory(clock=None, idle_timeout=0.05) as app:
+        backend = Recording(open_backend(duro_backend_url))
+        async with duro_app_factory(backend=backend, clock=None, idle_timeout=0.05) as app:
             ns = app.namespace(Lifecycle)
             stub = ns.get_by_name("l")
             with pytest.raises(duro.ObjectReset, match="test abort"):
@@ -505,11 +524,15 @@ def test_abort_block_concurrency_and_wait_until(duro_app_factory: Make) -> None:
             with pytest.raises(duro.ObjectReset, match="critical section failed"):
                 await stub.failing_critical_section()
             assert ns.stats().resets == 2
+            assert await stub.get("x") is None  # the aborted write never became durable
+            backend.log.clear()
             await stub.background()
-            await asyncio.sleep(0.1)  # idle timeout passed, but wait_until holds eviction
-            assert Lifecycle.events == []
-            await asyncio.sleep(0.3)
+            for _ in range(500):  # the idle instance is evicted only after its background task
+                if "release" in backend.log:
+                    break
+                await asyncio.sleep(0.01)
             assert Lifecycle.events == ["background done"]
+            assert backend.log == ["commit bg", "release"], backend.log
             assert await stub.get("bg") is True
 
     run(main())
