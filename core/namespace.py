@@ -99,6 +99,7 @@ class Namespace(Generic[T]):
         self.name = name
         self._instances: dict[str, Instance] = {}
         self._activating: dict[str, asyncio.Future[Instance]] = {}
+        self._owners: dict[str, Elsewhere] = {}  # id → where its owner was last found
         self._methods = frozenset(
             n for n, f in inspect.getmembers(cls, inspect.iscoroutinefunction)
             if not n.startswith("_") and n not in HOOKS
@@ -196,17 +197,31 @@ class Namespace(Generic[T]):
             if inst is None or not inst.accepting:
                 if inst is not None:
                     await inst.closed.wait()
-                try:
-                    inst = await self._activate(oid)
-                except Elsewhere as where:
+                # Where the owner was last seen, while its lease then lasted: forwarding there
+                # skips a lease attempt (a backend write) per call. A stale hint is harmless -
+                # the receiver runs this same logic - and an unreachable owner drops it.
+                where = self._owners.get(oid.hex)
+                if where is not None and where.until <= self.app.clock.time():
+                    where = None
+                if where is None:
+                    try:
+                        inst = await self._activate(oid)
+                    except Elsewhere as found:
+                        where = found
+                        if len(self._owners) > 10_000:
+                            self._owners.clear()
+                        self._owners[oid.hex] = found
+                if where is not None:
                     if hops >= MAX_HOPS:
                         raise BackendUnavailable(
                             f"call to {self.name} {oid.hex[:12]}… was forwarded {hops} times "
                             "without reaching its owner") from None
                     reply = await self.app._forward(where, self, oid, method, payload, chain, hops)
                     if reply is None:
+                        self._owners.pop(oid.hex, None)
                         continue  # the owner was unreachable and its lease is now over
                     return reply
+                assert inst is not None
             try:
                 if method == "__delete__":
                     return await inst.delete()

@@ -208,7 +208,10 @@ class Server:
         try:
             async with asyncio.timeout(self.app.config.call_timeout):
                 reply = await ns._invoke(oid, FETCH_METHOD, payload, ())
-            return response_from_value(unpack(reply))
+            resp = response_from_value(unpack(reply))
+            if resp.status == 101:
+                return _error(500, "fetch answered 101 to a request that is not a WebSocket")
+            return resp
         except TimeoutError:
             return _error(504, "the object did not answer in time")
         except CallTimeout as exc:
@@ -252,7 +255,7 @@ class Server:
             except Gone:
                 self.hub.discard(rec)
                 continue
-            except Overloaded as exc:
+            except (Overloaded, ObjectReset) as exc:
                 self.hub.discard(rec)
                 raise _Refused(503, exc.message,
                                {"retry-after": str(self.options.retry_after)}) from None
