@@ -30,6 +30,7 @@ Credentials come only from boto3's chain (or ``AWS_ENDPOINT_URL``); never put th
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -677,7 +678,12 @@ class S3Backend(Backend):
             hints.setdefault(ObjectRef(ns, oid), []).append((key, epoch))
 
         def verify(ref: ObjectRef) -> tuple[float, ObjectRef] | None:
-            o, st = self._read_state(ref)
+            try:
+                o, st = self._read_state(ref)
+            except DuroError as exc:  # one broken object must not hold back every alarm
+                log.warning("alarm index: cannot check object %s/%s: %s", ref.namespace,
+                            ref.id[:12], exc)
+                return None
             with o.data:
                 alarm, alarm_key, fence_epoch = st.alarm, st.alarm_key, st.fence_epoch
             for key, epoch in hints[ref]:
@@ -697,21 +703,28 @@ class S3Backend(Backend):
         """One LIST of the namespace's markers, then each object's lease and state."""
         folder = self._layout.ns_prefix(namespace)
         start = self._layout.marker(namespace, after) if after is not None else None
-        ids = [Layout.unquote(k[len(folder):])
-               for k in self._store.list_keys(folder, start_after=start, limit=limit)]
 
         def info(oid: str) -> ObjectInfo | None:
             ref = ObjectRef(namespace, oid)
             o = self._obj(ref)
             doc, _ = self._read_lease_doc(o)
             if doc is None or not doc.epoch:
-                return None
+                return None  # registered, but the first acquire never finished
             o, st = self._read_state(ref)
             with o.data:
                 return ObjectInfo(ref, doc.name, doc.epoch, doc.owner, doc.address, doc.until,
                                   st.last_active, st.alarm, st.size, len(st.keys))
 
-        return [i for i in self._task_pool.map(info, ids) if i is not None]
+        out: list[ObjectInfo] = []
+        page: list[str] = []
+        markers = self._store.list_keys(folder, start_after=start)
+        while len(out) < limit:
+            page = [Layout.unquote(k[len(folder):])
+                    for k in itertools.islice(markers, limit - len(out))]
+            if not page:
+                break
+            out.extend(i for i in self._task_pool.map(info, page) if i is not None)
+        return out
 
     def namespaces(self) -> list[str]:
         """Namespaces with registered objects (one LIST with a delimiter)."""
