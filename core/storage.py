@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 __all__ = ["Durable", "Storage", "StorageLimits", "Transaction"]
 
 _MISSING: Final = object()
+_ABSENT: Final = object()
+_IMMUTABLE: Final = frozenset({str, int, float, bool, bytes, type(None), _dt.datetime})
 _seq = itertools.count()
 
 
@@ -137,6 +139,8 @@ class Storage(_Reader):
         self._inst = inst
         self._limits = limits
         self._cache: OrderedDict[bytes, bytes | None] = OrderedDict()
+        # Decoded immutable values of cached keys, by str key: the cache-hit fast path.
+        self._hot: dict[str, Any] = {}
         self._cache_bytes = 0
         # The cache holds every key of the object (absent keys need no I/O).
         self._complete = False
@@ -191,6 +195,14 @@ class Storage(_Reader):
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The value stored under *key*, or *default*. A cache hit does not yield."""
+        try:
+            value = self._hot[key]
+        except (KeyError, TypeError):
+            return await self._get_slow(key, default)
+        self._stats.cache_hits += 1
+        return default if value is _ABSENT else value
+
+    async def _get_slow(self, key: str, default: Any) -> Any:
         k = encode_key(key)
         v = self._cache.get(k, _MISSING)
         if v is _MISSING:
@@ -198,7 +210,14 @@ class Storage(_Reader):
         else:
             self._cache.move_to_end(k)
             self._stats.cache_hits += 1
-        return default if v is None else decode(v)  # type: ignore[arg-type]
+        if v is None:
+            if k in self._cache:
+                self._hot[key] = _ABSENT
+            return default
+        value = decode(v)  # type: ignore[arg-type]
+        if type(value) in _IMMUTABLE and k in self._cache:
+            self._hot[key] = value  # immutable: safe to hand out again without copying
+        return value
 
     async def list(
         self,
@@ -285,6 +304,8 @@ class Storage(_Reader):
         self._cache_bytes += len(k) + (len(v) if v else 0)
 
     def _set(self, k: bytes, v: bytes | None) -> None:
+        if self._hot:
+            self._hot.pop(k.decode(), None)
         old = self._cache.get(k, _MISSING)
         if old is not _MISSING:
             self._cache_bytes -= len(k) + (len(old) if old else 0)  # type: ignore[arg-type]
@@ -303,6 +324,7 @@ class Storage(_Reader):
             if k in pending:
                 continue
             v = self._cache.pop(k)
+            self._hot.pop(k.decode(), None)
             self._cache_bytes -= len(k) + (len(v) if v else 0)
             self._complete = False
             self._stats.evictions += 1
@@ -384,6 +406,7 @@ class Storage(_Reader):
         """Delete every key and the alarm, atomically."""
         self._check_writable()
         self._cache.clear()
+        self._hot.clear()
         self._cache_bytes = 0
         self._complete = True
         self._dirty.delete_all()
