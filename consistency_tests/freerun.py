@@ -243,8 +243,16 @@ def _processes(program: Program, url: str, backend: Backend, *, faults: frozense
         w.go()
     plan = [f for f in ("kill", "pause") if f in faults]
     for i, fault in enumerate(plan):
-        time.sleep(rng.uniform(0.1, 0.4))
-        victim = _owner_of(backend, program, workers)
+        time.sleep(rng.uniform(0.02, 0.12))
+        victim = None
+        for _ in range(10):  # an owner, so the fault hits writes in flight
+            victim = _owner_of(backend, program, workers)
+            if victim is not None:
+                break
+            time.sleep(0.02)
+        live = [w for w in workers if w.proc.poll() is None]
+        if victim is None and live:
+            victim = live[rng.randrange(len(live))]
         if victim is None:
             continue
         if fault == "kill":

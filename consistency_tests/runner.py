@@ -41,7 +41,16 @@ from duro.consistency.target import NAMESPACE
 from duro.consistency.workloads import Program, random_program
 from duro.ids import id_from_name
 
-__all__ = ["CHECK_TIME_LIMIT", "MODES", "CheckSummary", "overlap", "run_check", "wipe_objects"]
+__all__ = [
+    "CHECK_TIME_LIMIT",
+    "MODES",
+    "CheckSummary",
+    "Counts",
+    "overlap",
+    "run_check",
+    "scale_counts",
+    "wipe_objects",
+]
 
 CHECK_TIME_LIMIT: Final = 30.0
 MODES: Final = ("mixed", "deterministic", "tasks", "threads", "processes")
@@ -116,6 +125,54 @@ class CheckSummary:
     def to_json(self) -> dict[str, Any]:
         """The summary as a JSON-ready dict."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How many histories the test suite runs per backend (see :func:`scale_counts`)."""
+
+    deterministic: int
+    tasks: int
+    threads: int
+    processes: int
+    ops: int
+
+    @property
+    def free_running(self) -> int:
+        """Free-running histories (tasks + threads + processes)."""
+        return self.tasks + self.threads + self.processes
+
+
+def scale_counts(backend: str, scale: str | None = None) -> Counts:
+    """Per-backend history counts for ``DURO_CONSISTENCY_SCALE`` (``ci`` by default).
+
+    ``ci``: ≥ 200 deterministic and ≥ 50 free-running histories per backend (s3: 20 and 5,
+    moto being slow); ``full`` doubles them and runs s3 at the full counts too; ``quick`` is
+    for development; a number multiplies the ``ci`` counts.
+    """
+    import os
+
+    raw = (scale or os.environ.get("DURO_CONSISTENCY_SCALE") or "ci").strip().lower()
+    factor = {"ci": 1.0, "full": 2.0, "quick": 0.1}.get(raw)
+    if factor is None:
+        try:
+            factor = float(raw)
+        except ValueError:
+            raise ValueError(f"DURO_CONSISTENCY_SCALE must be ci, full, quick or a number, "
+                             f"not {raw!r}") from None
+    shared = backend != "memory"
+    if backend == "s3" and raw != "full":
+        base = Counts(20, 2, 1, 2, 120)
+    elif shared:
+        base = Counts(200, 20, 15, 15, 120)
+    else:
+        base = Counts(200, 25, 25, 0, 120)
+
+    def n(x: int) -> int:
+        return max(1 if x else 0, round(x * factor))
+
+    return Counts(n(base.deterministic), n(base.tasks), n(base.threads), n(base.processes),
+                  base.ops)
 
 
 def overlap(history: History) -> float:
@@ -211,8 +268,8 @@ def run_check(backend_url: str, seed: int = 0, ops: int = 200, objects: int = 2,
                 program = random_program(s, objects=objects, clients=clients, ops=ops,
                                          processes=processes, prefix=f"s{s}-")
                 wipe_objects(backend, program)
-                run = _run_one(program, backend_url, backend, hmode, fault_set, s, m.name if m else None,
-                               processes, error_rate)
+                run = _run_one(program, backend_url, backend, hmode, fault_set, s,
+                               m.name if m else None, processes, error_rate)
                 result = check_history(run.history, timeout=CHECK_TIME_LIMIT)
                 summary.histories += 1
                 summary.seeds.append(s)

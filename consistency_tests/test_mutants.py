@@ -1,0 +1,50 @@
+"""Every mutant (a deliberately broken duro) must be caught: ``duro check`` exits 1."""
+
+from __future__ import annotations
+
+import pytest
+from rich.console import Console
+
+from duro.consistency.mutants import MUTANTS, get_mutant
+from duro.consistency.run_cli import check_command
+
+# The settings CI uses for the deterministic histories (see test_workloads.py).
+CI = {"seed": 0, "ops": 120, "objects": 2, "clients": 4, "processes": 2,
+      "faults": "kill,pause,errors", "mode": "deterministic", "histories": 60}
+
+
+def fast(url: str) -> str:
+    if url.startswith(("sqlite:", "lmdb:")) and "sync=" not in url:
+        return url + ("&" if "?" in url else "?") + "sync=off"
+    return url
+
+
+@pytest.mark.parametrize("name", sorted(MUTANTS))
+def test_mutant_is_caught(name: str, duro_backend_url: str, duro_backend_name: str) -> None:
+    if duro_backend_name == "s3":
+        pytest.skip("moto is slow: mutants are checked on memory, sqlite and lmdb")
+    console = Console(record=True, width=120)
+    rc = check_command(fast(duro_backend_url), mutant=name, console=console, progress=False,
+                       **CI)  # type: ignore[arg-type]
+    text = console.export_text()
+    assert rc == 1, text
+    assert "ANOMALY" in text or "never answered" in text
+    assert "replay: duro check" in text
+
+
+def test_unmutated_run_passes_with_the_same_settings(duro_backend_url: str,
+                                                     duro_backend_name: str) -> None:
+    if duro_backend_name == "s3":
+        pytest.skip("moto is slow: covered by test_workloads on s3")
+    settings = {**CI, "histories": 10}
+    assert check_command(fast(duro_backend_url), progress=False,
+                         console=Console(record=True), **settings) == 0  # type: ignore[arg-type]
+
+
+def test_usage_errors_exit_2(tmp_path: object) -> None:
+    c = Console(record=True)
+    assert check_command("memory://", faults="kill,meteor", console=c, progress=False) == 2
+    assert check_command("memory://", mutant="nope", console=c, progress=False) == 2
+    assert check_command("memory://", clients=9, console=c, progress=False) == 2
+    assert check_command("nosuch://x", console=c, progress=False) == 2
+    assert get_mutant(None) is None
