@@ -23,11 +23,13 @@ from duro.errors import (
     UnsupportedValue,
     ValueTooLarge,
 )
+from duro.fetch import Request, Response
 from duro.ids import ObjectId
 from duro.namespace import Namespace, ObjectSummary, Stub
 from duro.objects import AlarmInfo, Context, DurableObject
 from duro.stats import ObjectStats
 from duro.storage import StorageLimits, Transaction
+from duro.websockets import WebSocket
 
 __version__ = "0.1.0"
 
@@ -54,6 +56,8 @@ __all__ = [
     "ObjectReset",
     "ObjectStats",
     "ObjectSummary",
+    "Request",
+    "Response",
     "Overloaded",
     "StorageLimits",
     "Stub",
@@ -61,6 +65,7 @@ __all__ = [
     "Transaction",
     "UnsupportedValue",
     "ValueTooLarge",
+    "WebSocket",
     "__version__",
     "resolve_backend_url",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,6 +54,11 @@ class AppConfig:
     alarm_max_retries: int = 6
     io_threads: int = 16
     storage_limits: StorageLimits = field(default_factory=StorageLimits)
+    cluster_secret: str | None = field(
+        default_factory=lambda: os.environ.get("DURO_CLUSTER_SECRET") or None
+    )
+    """Shared secret that processes present when they forward calls to each other (env
+    ``DURO_CLUSTER_SECRET``); without it, anyone who reaches the listen address may call."""
     unsafe: frozenset[str] = frozenset()
     """Test-only mutations that break duro on purpose, so the consistency suite can prove it
     catches them: ``skip_lease_check``, ``ack_before_durable``, ``drop_coalesced_write``."""

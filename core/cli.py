@@ -32,9 +32,11 @@ BackendOpt = Annotated[
 def _register_subcommands() -> None:
     from duro.bench.cli import register as register_bench
     from duro.consistency.cli import register as register_check
+    from duro.serve_cli import register as register_serve
 
     register_check(app)
     register_bench(app)
+    register_serve(app)
 
 
 def main() -> None:
