@@ -52,7 +52,7 @@ class AppConfig:
     alarm_poll_interval: float = 1.0
     alarm_retry_base: float = 2.0
     alarm_max_retries: int = 6
-    io_threads: int = 16
+    io_threads: int = 32
     storage_limits: StorageLimits = field(default_factory=StorageLimits)
     cluster_secret: str | None = field(
         default_factory=lambda: os.environ.get("DURO_CLUSTER_SECRET") or None

@@ -356,11 +356,16 @@ class Instance:
                 self._gate_free.set()
 
     async def commit(self, batch: Batch) -> None:
-        """Commit one batch under this epoch, renewing the lease in the same transaction."""
+        """Commit one batch under this epoch; renew the lease with it once half of it is used.
+
+        (Renewing on every batch would cost S3 a second PUT per flush for nothing.)
+        """
         cfg, clock = self.app.config, self.app.clock
         sent = clock.monotonic()
         now = clock.time()
-        batch.lease_until = now + cfg.lease_ttl
+        renew = self.lease_expiring(cfg.lease_ttl / 2)
+        if renew:
+            batch.lease_until = now + cfg.lease_ttl
         batch.active_at = now
         self.stats.flushes += 1
         n = len(batch.puts) + len(batch.deletes) + int(batch.delete_all)
@@ -369,9 +374,10 @@ class Instance:
         await asyncio.get_running_loop().run_in_executor(
             self.app.executor, self.backend.commit, self.ref, self.epoch, batch
         )
-        self._lease_valid_until = max(
-            self._lease_valid_until, sent + cfg.lease_ttl - cfg.drift_margin
-        )
+        if renew:
+            self._lease_valid_until = max(
+                self._lease_valid_until, sent + cfg.lease_ttl - cfg.drift_margin
+            )
 
     # -- concurrency helpers --------------------------------------------------------------------
 
