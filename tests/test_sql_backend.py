@@ -193,7 +193,7 @@ def test_bad_url_options_are_config_errors(db_path: Path, suffix: str, match: st
         ("sqlite://", "names no database file"),
         ("sqlite:///:memory:", "names no database file"),
         ("sqlite://host/x.db", "host part"),
-        ("mysql://u@127.0.0.1/db", "SQLite and PostgreSQL"),
+        ("mysql://u@127.0.0.1/db", "unknown backend scheme 'mysql'"),
     ],
 )
 def test_urls_naming_no_usable_database_are_config_errors(url: str, match: str) -> None:
