@@ -511,8 +511,7 @@ class SQLBackend(Backend):
             fparams = (batch.lease_until, batch.active_at, alarm, ns, oid, epoch)
         puts = batch.puts
         deletes = batch.deletes
-        with self._wlock:
-            cur = self._wcur
+        with self._commit_writer() as (cur, raw):
             try:
                 if self._begin_write is not None:
                     cur.execute(self._begin_write)
@@ -536,14 +535,27 @@ class SQLBackend(Backend):
                     else:
                         cur.executemany(
                             self._q_upsert, [(ns, oid, k, v) for k, v in puts.items()])
-                self._wraw.commit()
+                raw.commit()
             except self._errors as exc:
-                self._rollback()
-                self._heal_writer()
+                with contextlib.suppress(Exception):
+                    raw.rollback()
+                self._heal_commit_writer(raw)
                 raise self._map(exc, "commit") from exc
             except BaseException:
-                self._rollback()
+                with contextlib.suppress(Exception):
+                    raw.rollback()
                 raise
+
+    @contextlib.contextmanager
+    def _commit_writer(self) -> Iterator[tuple[Any, Any]]:
+        """The (cursor, driver connection) a commit runs on: the one locked writer here."""
+        with self._wlock:
+            self._check_open()
+            yield self._wcur, self._wraw
+
+    def _heal_commit_writer(self, raw: Any) -> None:
+        """After a failed commit on *raw* (its lock held): reconnect if it was dropped."""
+        self._heal_writer()
 
     def delete_object(self, ref: ObjectRef, epoch: int) -> None:
         """Drop state, alarm, name and last-active atomically; keep the epoch as a tombstone."""
@@ -681,10 +693,47 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _PostgresBackend(SQLBackend):
-    """The SQL backend on a PostgreSQL server: shared by several hosts."""
+    """The SQL backend on a PostgreSQL server: shared by several hosts.
+
+    Commits run on one writer connection **per thread** (no process-wide lock), so commits of
+    different objects proceed in parallel and share the server's WAL flushes (group commit);
+    row locks on the ``objects`` row order commits of one object, exactly as they order
+    writers in different processes. Acquire, release and deletion keep the one locked writer.
+    """
 
     scheme = "postgresql"
     multi_host: ClassVar[bool] = True
+
+    @contextlib.contextmanager
+    def _commit_writer(self) -> Iterator[tuple[Any, Any]]:
+        self._check_open()
+        writer: _Reader | None = getattr(self._local, "writer", None)
+        if writer is None:
+            try:
+                conn = self._engine.connect().execution_options(duro_write=True)
+                writer = _Reader(conn, threading.current_thread())
+            except self._errors as exc:
+                raise self._map(exc, "open a writer connection") from exc
+            with self._readers_lock:
+                if self._closed:
+                    writer.close()
+                    raise BackendError(f"{self._where}: the backend is closed")
+                dead = [r for r in self._readers if not r.thread.is_alive()]
+                for r in dead:
+                    r.close()
+                self._readers = [r for r in self._readers if r.thread.is_alive()]
+                self._readers.append(writer)  # closed with the readers
+            self._local.writer = writer
+        yield writer.cur, writer.raw
+
+    def _heal_commit_writer(self, raw: Any) -> None:
+        writer: _Reader | None = getattr(self._local, "writer", None)
+        if writer is None or writer.raw is not raw or not getattr(raw, "closed", False):
+            return
+        writer.close(broken=True)
+        del self._local.writer
+        with self._readers_lock:
+            self._readers = [r for r in self._readers if r is not writer]
 
 
 @contextlib.contextmanager
