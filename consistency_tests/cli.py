@@ -4,8 +4,9 @@
   history (DESIGN §5). ``--report`` writes an HTML page (``.html``/``.htm``), a JSON summary
   (``.json``) or the text explanation (any other name).
 - ``duro check [--backend URL] [--seed N] [--ops N] [--objects N] [--clients N] [--processes N]
-  [--faults kill,pause,errors] [--history-out FILE] [--report FILE]`` runs the workloads
-  against a backend (not yet available in this build: exits 2).
+  [--faults kill,pause,errors] [--history-out FILE] [--report FILE] [--histories N]
+  [--mode M] [--mutant NAME]`` runs the workloads against a backend (the configured one by
+  default) and checks every history (:mod:`duro.consistency.runner`).
 
 Exit codes: 0 linearizable, 1 anomaly found (printed with its witness), 2 usage or setup error
 (e.g. a malformed history: the message names the line), 3 unknown (search budget exhausted).
@@ -116,16 +117,27 @@ def check(
     timeout: Annotated[float | None, typer.Option(
         "--timeout", help="Wall-clock limit in seconds for checking (then 'unknown').",
         min=0.0)] = None,
+    histories: Annotated[int, typer.Option(
+        "--histories", help="How many histories to run and check.", min=1)] = 20,
+    mode: Annotated[str, typer.Option(
+        "--mode", help="mixed, deterministic, tasks, threads or processes.")] = "mixed",
+    mutant: Annotated[str | None, typer.Option(
+        "--mutant", help="Test-only broken duro the suite must catch: skip-epoch-check, "
+        "stale-read, steal-lease, drop-write, ack-early, half-batch.")] = None,
 ) -> None:
     """Check linearizability per object: of a recorded history, or of a backend under load."""
     run_opts = {"--backend": backend, "--seed": seed, "--ops": ops, "--objects": objects,
                 "--clients": clients, "--processes": processes, "--faults": faults,
                 "--history-out": history_out}
     if history is None:
-        err.print("[yellow]duro check:[/yellow] running workloads against a backend is not yet "
-                  "available in this build; use [bold]duro check --history FILE[/bold] to check "
-                  "a recorded history.")
-        raise typer.Exit(EXIT_USAGE)
+        from duro.consistency.run_cli import check_command
+
+        raise typer.Exit(check_command(
+            backend, seed=seed or 0, ops=ops or 200, objects=objects or 2,
+            clients=clients or 4, processes=processes or 2, faults=faults or "errors",
+            history_out=None if history_out is None else str(history_out),
+            report=None if report is None else str(report), mutant=mutant,
+            histories=histories, mode=mode))
     given = [name for name, v in run_opts.items() if v is not None]
     if given:
         err.print(f"[red]error:[/red] --history checks a recorded history; it cannot be combined "

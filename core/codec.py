@@ -9,7 +9,7 @@ keys, and ``datetime`` (naive stays naive; aware keeps its UTC offset). Anything
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import msgpack
 
@@ -30,13 +30,13 @@ def _check(value: object, path: str) -> None:
     t = type(value)
     if t in _SCALARS or t is _dt.datetime:
         return
-    if isinstance(value, list | tuple):
-        for i, item in enumerate(value):
+    if t is list or t is tuple:
+        for i, item in enumerate(cast("list[object]", value)):
             if type(item) not in _SCALARS:
                 _check(item, f"{path}[{i}]")
         return
-    if isinstance(value, dict):
-        for k, v in value.items():
+    if t is dict:
+        for k, v in cast("dict[object, object]", value).items():
             if type(k) is not str:
                 raise UnsupportedValue(
                     f"dict key {k!r} at {path or 'top level'} is a {type(k).__name__}; "

@@ -287,7 +287,9 @@ class Instance:
                 args, kwargs = decode_args(ev.payload)
                 value = await getattr(self.obj, ev.method)(*args, **kwargs)
             out = encode_result(value)
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
+            # A CancelledError raised by the method's own awaits is its error, not ours:
+            # the worker goes on, and the caller always gets an answer.
             out = pack_error(exc)
         finally:
             current_call.reset(token)

@@ -530,9 +530,7 @@ class Storage(_Reader):
             err: BaseException = exc
         else:
             err = ObjectReset(f"object was reset: {exc}")
-        self._wake(err)
-        for f in self._prereads:
-            f.cancel()
+        self._wake(err)  # pending existence reads finish harmlessly on their own
 
     @property
     def flushing(self) -> bool:
