@@ -4,16 +4,10 @@ kill -9, SIGSTOP zombies, alarms, eviction and graceful handover."""
 from __future__ import annotations
 
 import asyncio
-import itertools
-import json
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,8 +16,8 @@ import duro
 from duro.backends import ObjectRef, open_backend
 from duro.codec import decode
 from duro.ids import id_from_name
+from duro.node import Node
 
-NODE = str(Path(__file__).with_name("node.py"))
 TTL = 2.0
 
 
@@ -32,80 +26,6 @@ def shared_url(duro_backend_url: str, duro_backend_name: str) -> str:
     if duro_backend_name == "memory":
         pytest.skip("memory:// is private to one process; multi-process needs a shared backend")
     return duro_backend_url
-
-
-class Node:
-    """One duro process driven over stdin/stdout."""
-
-    def __init__(self, url: str, ttl: float = TTL, idle: float = 60.0) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, NODE, url, str(ttl), str(idle)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-        )
-        assert self.proc.stdout is not None
-        hello = json.loads(self.proc.stdout.readline() or "{}")
-        assert "address" in hello, "node did not start"
-        self.address, self.pid = hello["address"], hello["pid"]
-        self._ids = itertools.count()
-        self._pending: dict[int, Future[Any]] = {}
-        self._lock = threading.Lock()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            msg = json.loads(line)
-            with self._lock:
-                fut = self._pending.pop(msg["id"], None)
-            if fut is not None:
-                fut.set_result(msg)
-        with self._lock:  # the process died: its open calls never answer
-            for fut in self._pending.values():
-                fut.set_result({"err": ["Died", "process ended"]})
-            self._pending.clear()
-
-    def send(self, **cmd: Any) -> Future[Any]:
-        n = next(self._ids)
-        fut: Future[Any] = Future()
-        with self._lock:
-            self._pending[n] = fut
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(json.dumps({"id": n, **cmd}) + "\n")
-            self.proc.stdin.flush()
-        except BrokenPipeError:  # the process is dead: the call was never sent
-            with self._lock:
-                self._pending.pop(n, None)
-            fut.set_result({"err": ["NotSent", "process is dead"], "not_sent": True})
-        return fut
-
-    def call_async(self, name: str, method: str, *args: Any) -> Future[Any]:
-        return self.send(call=["Counter", name, method, list(args)])
-
-    def call(self, name: str, method: str, *args: Any, timeout: float = 60) -> Any:
-        msg = self.call_async(name, method, *args).result(timeout)
-        if "err" in msg:
-            raise RuntimeError(f"{msg['err'][0]}: {msg['err'][1]}")
-        return msg["ok"]
-
-    def stats(self) -> dict[str, int]:
-        msg = self.send(stats="Counter").result(30)
-        return dict(msg["ok"])
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 @pytest.fixture
