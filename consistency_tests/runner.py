@@ -7,9 +7,11 @@ the verdict is ``unknown``) and stops at the first anomaly. It shows a rich prog
 returns a :class:`CheckSummary`: histories, ops, objects, median overlap of ops per object,
 faults injected, anomalies, unknown verdicts, checker time p50/p99, and the seeds to replay.
 
-Modes: ``deterministic``, ``tasks``, ``threads``, ``processes``, or ``mixed`` (the default):
-three deterministic histories for each free-running one, which runs in ``processes`` when
-``kill``/``pause`` are asked for and the backend is shared between processes, else ``tasks``.
+Modes: ``deterministic``, ``tasks``, ``threads``, ``processes``, ``http`` (clients over HTTP
+against two ``duro serve`` processes, :mod:`duro.consistency.http_mode`), or ``mixed`` (the
+default): three deterministic histories for each free-running one, which runs in ``processes``
+when ``kill``/``pause`` are asked for and the backend is shared between processes, else
+``tasks``.
 
 Objects are named after the history's seed (``s<seed>-obj<i>``) in namespace ``KV``; any state a
 previous run left under those names is deleted first, so a seed replays byte for byte.
@@ -35,6 +37,7 @@ from duro.consistency.checker import CheckResult, check_history
 from duro.consistency.faults import parse_faults
 from duro.consistency.freerun import run_free
 from duro.consistency.history import History
+from duro.consistency.http_mode import HttpRunResult, run_http
 from duro.consistency.mutants import get_mutant
 from duro.consistency.scheduler import RandomChooser, RunResult, run_deterministic
 from duro.consistency.target import NAMESPACE
@@ -53,7 +56,7 @@ __all__ = [
 ]
 
 CHECK_TIME_LIMIT: Final = 30.0
-MODES: Final = ("mixed", "deterministic", "tasks", "threads", "processes")
+MODES: Final = ("mixed", "deterministic", "tasks", "threads", "processes", "http")
 
 
 @dataclass
@@ -86,6 +89,10 @@ class CheckSummary:
     failing_mode: str | None = None
     explanation: str = ""
     mutant: str | None = None
+    http_requests: int = 0
+    """Requests answered 200 in ``http`` mode."""
+    http_forwarded: int = 0
+    """Of those, requests a server forwarded to the owning process."""
 
     @property
     def exit_code(self) -> int:
@@ -109,6 +116,9 @@ class CheckSummary:
             ("faults", f"kill -9 {f['kill']}, pause {f['pause']}, errors {f['errors']} "
                        f"({err_rate:.1%} of backend calls)"),
             ("fault runs", f"{self.fault_runs} ({self.kill_runs} with kill -9)"),
+            *([("http requests", f"{self.http_requests} ({self.http_forwarded} forwarded, "
+                                 f"{self.http_forwarded / self.http_requests:.0%})")]
+              if self.http_requests else []),
             ("info ops", str(self.infos)),
             ("anomalies", str(self.anomalies)),
             ("unknown", str(self.unknowns)),
@@ -287,6 +297,9 @@ def run_check(backend_url: str, seed: int = 0, ops: int = 200, objects: int = 2,
                     summary.fault_runs += 1
                 summary.kill_runs += bool(run.faults.get("kill"))
                 summary.hung += run.hung
+                if isinstance(run, HttpRunResult):
+                    summary.http_requests += run.requests
+                    summary.http_forwarded += run.forwarded
                 summary.simulated_seconds += run.simulated_seconds
                 overlaps.append(overlap(run.history))
                 check_times.append(result.seconds)
@@ -325,6 +338,9 @@ def _run_one(program: Program, url: str, backend: Backend, mode: str, faults: fr
                                  faults=faults, error_rate=error_rate, seed=seed,
                                  unsafe=m.unsafe if m else frozenset(),
                                  wrap=m.wrap if m else None)
+    if mode == "http":
+        return run_http(program, url, faults=faults, error_rate=error_rate, seed=seed,
+                        mutant=mutant, backend=backend, servers=max(2, processes))
     free_faults = faults if mode == "processes" else faults & {"errors"}
     return run_free(program, url, mode=mode, faults=free_faults, error_rate=error_rate,
                     seed=seed, mutant=mutant, backend=backend)

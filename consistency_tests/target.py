@@ -15,18 +15,30 @@ are shaped exactly as the history records them:
 
 Workloads never write ``None`` and give every written value a unique string, so a read pins
 its writer.
+
+Over HTTP (``duro serve``, the ``http`` mode of :mod:`duro.consistency.http_mode`), ``fetch``
+maps ``POST /KV/name/<object>/<op>`` with a JSON body of the op's arguments to the same
+methods, in the same turn: ``get``/``delete`` ``{"key"}``, ``put`` ``{"key", "value"}``, ``cas``
+``{"key", "expected", "new"}``, ``list`` ``{"bounds"}``, ``txn`` ``{"micro"}``. It answers
+``200 {"result": <the method's result>, "server": <env["server"] of the serving App>}``, so a
+client learns which process served a request it sent elsewhere (a forwarded request); 400 for
+a malformed body, 404 for an unknown op.
 """
 
 from __future__ import annotations
 
 import builtins
-from typing import Any
+from typing import Any, Final
 
 import duro
+from duro.fetch import Request, Response
 
-__all__ = ["KV", "NAMESPACE"]
+__all__ = ["HTTP_ARGS", "KV", "NAMESPACE"]
 
 NAMESPACE = "KV"
+HTTP_ARGS: Final = {"get": ("key",), "put": ("key", "value"), "delete": ("key",),
+                    "cas": ("key", "expected", "new"), "list": ("bounds",), "txn": ("micro",)}
+"""The JSON body fields of each op over HTTP, in the order of the method's arguments."""
 
 
 class KV(duro.DurableObject):
@@ -73,3 +85,18 @@ class KV(duro.DurableObject):
                     t.delete(key)
                     out.append(["d", key, None])
         return out
+
+    async def fetch(self, request: Request) -> Response:
+        """The ops over HTTP: ``POST /<op>`` with the arguments as a JSON object (module doc)."""
+        op = request.path.strip("/")
+        names = HTTP_ARGS.get(op)
+        if names is None or request.method != "POST":
+            return Response.json({"error": f"no op {request.method} {request.path}"}, 404)
+        try:
+            body = request.json()
+            args = [body[n] for n in names]
+        except (ValueError, KeyError, TypeError) as exc:
+            return Response.json({"error": f"bad body for {op}: {exc!r}"}, 400)
+        result = await getattr(self, op)(*args)
+        server = self.env.get("server") if isinstance(self.env, dict) else None
+        return Response.json({"result": result, "server": server})
