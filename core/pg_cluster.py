@@ -233,13 +233,48 @@ def _run_as() -> str | None:
     )
 
 
+_PREFIX: Final = "duro-pg-"
+_CREATOR: Final = "creator.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_orphans(bindir: Path, run_as: str | None) -> int:
+    """Stop and remove throwaway clusters whose creating process is gone (killed before it
+    could stop them); return how many."""
+    n = 0
+    for creator in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*/{_CREATOR}"):
+        try:
+            pid = int(creator.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if _alive(pid):
+            continue
+        orphan = PostgresCluster(bindir, creator.parent, 0, run_as)
+        orphan.pid = os.getpid()
+        orphan.stop()
+        n += 1
+    return n
+
+
 def start_postgres_cluster(*, max_connections: int = 300) -> PostgresCluster:
     """Initialize and start a throwaway cluster in a new temporary directory."""
     bindir = find_postgres_bin()
     if bindir is None:
         raise PostgresMissing(f"PostgreSQL's initdb/pg_ctl were not found: {INSTALL_HINT}")
     run_as = _run_as()
-    directory = Path(tempfile.mkdtemp(prefix="duro-pg-"))
+    with contextlib.suppress(Exception):
+        reap_orphans(bindir, run_as)
+    directory = Path(tempfile.mkdtemp(prefix=_PREFIX))
+    (directory / _CREATOR).write_text(str(os.getpid()))
     if run_as is not None:
         user = pwd.getpwnam(run_as)
         os.chown(directory, user.pw_uid, user.pw_gid)
