@@ -15,6 +15,7 @@ from duro.backends.base import Backend, LeaseHeld, ObjectRef
 from duro.backends.registry import open_backend
 from duro.clock import Clock, SystemClock
 from duro.config import resolve_backend_url
+from duro.deadlines import Deadlines
 from duro.errors import ConfigError, DuroError, ObjectReset
 from duro.instance import Chain
 from duro.namespace import Elsewhere, Namespace
@@ -121,6 +122,7 @@ class App:
         self._background: asyncio.Task[None] | None = None
         self._websockets: Any = None
         self._tasks: set[asyncio.Future[None]] = set()
+        self._deadlines = Deadlines()
         self._http: Any = None  # a duro.server.Server when serving HTTP (duro serve)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -265,6 +267,7 @@ class App:
             await clock.sleep(tick)
             try:
                 now = clock.monotonic()
+                self._deadlines.sweep(now)
                 for ns in list(self._namespaces.values()):
                     for inst in list(ns._instances.values()):
                         if not inst.accepting:

@@ -180,12 +180,18 @@ class Namespace(Generic[T]):
         payload = encode_args(method, args, kwargs)
         if cur is not None:
             await cur[0].output_ready()  # an outgoing call is an output
+        deadlines = self.app._deadlines
+        token = deadlines.add(self.app.clock.monotonic() + self.app.config.call_timeout)
         try:
-            async with asyncio.timeout(self.app.config.call_timeout):
-                reply = await self._invoke(oid, method, payload, chain)
-        except TimeoutError:
-            raise CallTimeout(f"{self.name}.{method} did not answer within "
-                              f"{self.app.config.call_timeout} s; its outcome is unknown") from None
+            reply = await self._invoke(oid, method, payload, chain)
+        except asyncio.CancelledError:
+            if deadlines.expired(token):
+                raise CallTimeout(
+                    f"{self.name}.{method} did not answer within "
+                    f"{self.app.config.call_timeout} s; its outcome is unknown") from None
+            raise
+        finally:
+            deadlines.discard(token)
         return unpack(reply)
 
     async def _invoke(self, oid: ObjectId, method: str, payload: bytes, chain: Chain,

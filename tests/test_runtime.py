@@ -553,3 +553,26 @@ def test_bounded_cache_stays_correct(duro_app_factory: Make) -> None:
             assert ns.stats().evictions > 0
 
     run(main())
+
+
+class Stuck(duro.DurableObject):
+    async def hang(self) -> None:
+        await asyncio.Event().wait()
+
+    async def quick(self) -> str:
+        return "fine"
+
+
+def test_call_timeout(duro_app_factory: Make, duro_clock: duro.ManualClock) -> None:
+    async def main() -> None:
+        async with duro_app_factory(call_timeout=5.0) as app:
+            ns = app.namespace(Stuck)
+            call = asyncio.ensure_future(ns.get_by_name("s").hang())
+            for _ in range(60):  # 6 s of manual time, in ticks the maintenance loop sees
+                duro_clock.advance(0.1)
+                await asyncio.sleep(0.005)
+            with pytest.raises(duro.CallTimeout, match="outcome is unknown"):
+                await call
+            assert await ns.get_by_name("other").quick() == "fine"
+
+    run(main())
