@@ -50,6 +50,8 @@ class AppConfig:
     idle_timeout: float = 60.0
     max_queue: int = 1000
     call_timeout: float = 60.0
+    drain_timeout: float = 30.0
+    """How long closing the App waits for running turns before cutting them off."""
     alarm_poll_interval: float = 1.0
     alarm_retry_base: float = 2.0
     alarm_max_retries: int = 6
@@ -168,7 +170,14 @@ class App:
         if self._http is not None:
             await self._http.closing()  # WebSockets close with 1012: clients reconnect elsewhere
         instances = [i for ns in self._namespaces.values() for i in ns._instances.values()]
-        await asyncio.gather(*(i.evict() for i in instances), return_exceptions=True)
+        evictions = [asyncio.ensure_future(i.evict()) for i in instances]
+        if evictions:
+            _, stuck = await asyncio.wait(evictions, timeout=self.config.drain_timeout)
+            for inst in instances:  # turns that outlived the drain timeout are cut off
+                if not inst.closed.is_set():
+                    inst.reset(ObjectReset("the App closed before this call finished"))
+                    inst.cancel_worker()
+            await asyncio.gather(*stuck, return_exceptions=True)
         await self._shutdown()
         self._state = "closed"
 

@@ -167,6 +167,11 @@ class Instance:
                 ev.fut.set_exception(Gone())
         self.closed.set()
 
+    def cancel_worker(self) -> None:
+        """Cancel the running turn (after a reset, when the App may wait no longer)."""
+        if self._worker is not None:
+            self._worker.cancel()
+
     async def evict(self) -> None:
         """Stop taking events, drain running ones and the last flush, release the lease."""
         if self._closing or self._broken is not None:

@@ -565,7 +565,7 @@ class Stuck(duro.DurableObject):
 
 def test_call_timeout(duro_app_factory: Make, duro_clock: duro.ManualClock) -> None:
     async def main() -> None:
-        async with duro_app_factory(call_timeout=5.0) as app:
+        async with duro_app_factory(call_timeout=5.0, drain_timeout=0.2) as app:
             ns = app.namespace(Stuck)
             call = asyncio.ensure_future(ns.get_by_name("s").hang())
             for _ in range(60):  # 6 s of manual time, in ticks the maintenance loop sees
