@@ -1,4 +1,5 @@
-"""The ``duro`` command line: storage round trips, ``check``, ``bench``, ``serve``.
+"""The ``duro`` command line: ``check``, ``bench``, ``serve``, ``inspect``, ``export``,
+``import``, ``migrate``.
 
 Each sub-package contributes its commands through a ``register(app)`` function, imported here.
 """
@@ -22,21 +23,18 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 
-BackendOpt = Annotated[
-    str | None,
-    typer.Option("--backend", "-b", help="Backend URL (default: DURO_BACKEND, duro.toml, "
-                 "[tool.duro] in pyproject.toml, else sqlite:///.duro/duro.db)."),
-]
 
 
 def _register_subcommands() -> None:
     from duro.bench.cli import register as register_bench
     from duro.consistency.cli import register as register_check
+    from duro.ops_cli import register as register_ops
     from duro.serve_cli import register as register_serve
 
     register_check(app)
     register_bench(app)
     register_serve(app)
+    register_ops(app)
 
 
 def main() -> None:
