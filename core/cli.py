@@ -7,7 +7,6 @@ Each sub-package contributes its commands through a ``register(app)`` function, 
 from __future__ import annotations
 
 import sys
-from typing import Annotated
 
 import typer
 from rich.console import Console
