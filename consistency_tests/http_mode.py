@@ -19,7 +19,9 @@ may have been forwarded to either process, so only the end of both is a sound bo
 
 Faults (``--faults``): ``kill`` is ``kill -9`` of a server that owns objects while clients
 write (the clients then use the survivor, and a replacement server joins a moment later);
-``pause`` is ``SIGSTOP`` of an owner past its lease, then ``SIGCONT`` (the zombie);
+``pause`` is ``SIGSTOP`` of an owner past its lease (while it is stopped, one more recorded
+client per object writes through the other server, which takes the object over, and probes
+read those keys through the stopped zombie), then ``SIGCONT``;
 ``errors`` injects backend errors and latency inside the servers. A mutant is passed to the
 servers through ``DURO_CHECK_MUTANT``. **kill -9 does not test power loss.** After the run a
 fresh App in this process reads every key back (acknowledged writes must be there).
