@@ -292,9 +292,16 @@ class Instance:
                 args, kwargs = decode_args(ev.payload)
                 value = await getattr(self.obj, ev.method)(*args, **kwargs)
             out = encode_result(value)
-        except (Exception, asyncio.CancelledError) as exc:
-            # A CancelledError raised by the method's own awaits is its error, not ours:
-            # the worker goes on, and the caller always gets an answer.
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # The worker itself is being cancelled (the App gave up waiting): answer the
+                # caller, then stop.
+                if not ev.fut.done():
+                    ev.fut.set_exception(ObjectReset("the object's turn was cancelled"))
+                raise
+            out = pack_error(exc)  # raised by the method's own awaits: its error, not ours
+        except Exception as exc:
             out = pack_error(exc)
         finally:
             current_call.reset(token)
