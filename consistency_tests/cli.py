@@ -120,7 +120,7 @@ def check(
     histories: Annotated[int, typer.Option(
         "--histories", help="How many histories to run and check.", min=1)] = 20,
     mode: Annotated[str, typer.Option(
-        "--mode", help="mixed, deterministic, tasks, threads or processes.")] = "mixed",
+        "--mode", help="mixed, deterministic, tasks, threads, processes or http.")] = "mixed",
     mutant: Annotated[str | None, typer.Option(
         "--mutant", help="Test-only broken duro the suite must catch: skip-epoch-check, "
         "stale-read, steal-lease, drop-write, ack-early, half-batch.")] = None,
