@@ -21,7 +21,7 @@ import argparse
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,7 @@ import lmdb
 from duro.backends import Batch, ObjectRef, open_backend
 from duro.backends import _lmdb_keys as lk
 from duro.backends._lmdb import LMDBBackend
+from duro.bench.interleave import interleave
 
 __all__ = ["PRELOAD_KEYS", "Pair", "Result", "main", "open_pair", "run"]
 
@@ -134,33 +135,6 @@ class Result:
         return self.raw_ops_per_s / self.duro_ops_per_s
 
 
-def _interleave(
-    duro: Callable[[int], None], raw: Callable[[int], None], seconds: float, slice_s: float
-) -> tuple[float, float]:
-    """Alternate slices of *duro* and *raw* for about *seconds* each; return both ops/s."""
-    totals = {"duro": [0, 0.0], "raw": [0, 0.0]}
-    i = 0
-    for fn in (duro, raw):  # warm up both
-        for _ in range(50):
-            fn(i)
-            i += 1
-    while min(float(totals["duro"][1]), float(totals["raw"][1])) < seconds:
-        for name, fn in (("duro", duro), ("raw", raw)):
-            n = 0
-            t0 = time.perf_counter()
-            deadline = t0 + slice_s
-            now = t0
-            while now < deadline:
-                for _ in range(10):
-                    fn(i)
-                    i += 1
-                n += 10
-                now = time.perf_counter()
-            totals[name][0] += n
-            totals[name][1] += now - t0
-    return (totals["duro"][0] / totals["duro"][1], totals["raw"][0] / totals["raw"][1])
-
-
 def concurrent_commits(backend: LMDBBackend, threads: int, seconds: float) -> float:
     """Commits per second of *threads* threads, each writing its own object."""
     refs = [ObjectRef("bench-fan", f"{n:064x}") for n in range(1, threads + 1)]
@@ -199,9 +173,9 @@ def run(seconds: float = 2.0, levels: tuple[str, ...] = ("full", "normal", "off"
                 open_pair(Path(tmp), sync) as pair:
             for op, duro, raw in (("commit", pair.duro_commit, pair.raw_commit),
                                   ("get", pair.duro_get, pair.raw_get)):
-                d, r = _interleave(duro, raw, seconds, slice_s)
+                d, r = interleave(duro, raw, seconds, slice_s, 10)
                 results.append(Result(op, sync, d, r))
-            raw_rate = _interleave(pair.raw_commit, pair.raw_commit, seconds / 2, slice_s)[0]
+            raw_rate = interleave(pair.raw_commit, pair.raw_commit, seconds / 2, slice_s)[0]
             fan = concurrent_commits(pair.backend, 64, seconds)
             results.append(Result("64 writers", sync, fan, raw_rate))
     return results

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Final
 from duro.backends import Batch, ObjectRef, open_backend
 from duro.backends._sql import SQLBackend
 from duro.bench.baselines_sql import RawSQLite
+from duro.bench.interleave import interleave
 
 __all__ = ["PRELOAD_KEYS", "Pair", "Result", "main", "open_pair", "run"]
 
@@ -102,33 +102,6 @@ class Result:
         return self.raw_ops_per_s / self.duro_ops_per_s
 
 
-def _interleave(
-    duro: Callable[[int], None], raw: Callable[[int], None], seconds: float, slice_s: float
-) -> tuple[float, float]:
-    """Alternate slices of *duro* and *raw* for about *seconds* each; return both ops/s."""
-    totals = {"duro": [0, 0.0], "raw": [0, 0.0]}
-    i = 0
-    for fn in (duro, raw):  # warm up both (connections, page cache, statement cache)
-        for _ in range(50):
-            fn(i)
-            i += 1
-    while min(float(totals["duro"][1]), float(totals["raw"][1])) < seconds:
-        for name, fn in (("duro", duro), ("raw", raw)):
-            n = 0
-            t0 = time.perf_counter()
-            deadline = t0 + slice_s
-            now = t0
-            while now < deadline:
-                for _ in range(20):
-                    fn(i)
-                    i += 1
-                n += 20
-                now = time.perf_counter()
-            totals[name][0] += n
-            totals[name][1] += now - t0
-    return (totals["duro"][0] / totals["duro"][1], totals["raw"][0] / totals["raw"][1])
-
-
 def run(seconds: float = 3.0, sync: str = "full", directory: Path | None = None,
         slice_s: float = 0.1) -> list[Result]:
     """Measure both pairs; data lives under *directory* (a fresh temp dir on /tmp by default)."""
@@ -137,7 +110,7 @@ def run(seconds: float = 3.0, sync: str = "full", directory: Path | None = None,
         results = []
         for op, duro, raw in (("commit", pair.duro_commit, pair.raw_commit),
                               ("get", pair.duro_get, pair.raw_get)):
-            d, r = _interleave(duro, raw, seconds, slice_s)
+            d, r = interleave(duro, raw, seconds, slice_s, 20)
             results.append(Result(op, d, r))
         return results
 
