@@ -56,6 +56,14 @@ def _alarm_time(when: object) -> float:
     return float(when)
 
 
+def _list_range(start: str | None, start_after: str | None, end: str | None,
+                prefix: str | None, limit: int | None) -> tuple[bytes | None, bytes | None]:
+    """Check ``list()``'s arguments; the byte range they select."""
+    if limit is not None and (type(limit) is not int or limit < 0):
+        raise ValueError(f"list(): limit must be a non-negative int, not {limit!r}")
+    return key_range(start=start, start_after=start_after, end=end, prefix=prefix)
+
+
 class Durable:
     """The awaitable a write returns: resolves to its value once the write is durable."""
 
@@ -233,9 +241,7 @@ class Storage(_Reader):
 
         ``reverse`` returns the same range from the other end; ``limit`` caps the count.
         """
-        lo, hi = key_range(start=start, start_after=start_after, end=end, prefix=prefix)
-        if limit is not None and (not isinstance(limit, int) or limit < 0):
-            raise ValueError(f"list(): limit must be a non-negative int, not {limit!r}")
+        lo, hi = _list_range(start, start_after, end, prefix, limit)
         rows = await self._scan(lo, hi, reverse, limit)
         return {k.decode(): decode(v) for k, v in rows}
 
@@ -626,9 +632,7 @@ class Transaction(_Reader):
     ) -> dict[str, Any]:
         """Like :meth:`Storage.list`, seeing this transaction's writes."""
         self._check()
-        lo, hi = key_range(start=start, start_after=start_after, end=end, prefix=prefix)
-        if limit is not None and (not isinstance(limit, int) or limit < 0):
-            raise ValueError(f"list(): limit must be a non-negative int, not {limit!r}")
+        lo, hi = _list_range(start, start_after, end, prefix, limit)
         mine = {k: v for k, v in self._over.writes.items()
                 if (lo is None or k >= lo) and (hi is None or k < hi)}
         base: builtins.list[tuple[bytes, bytes]] = []
