@@ -18,7 +18,8 @@ from duro.codec import decode
 from duro.ids import id_from_name
 from duro.node import Node
 
-TTL = 2.0
+TTL = 2.0  # short, where a test waits for a lease to run out
+LONG_TTL = 8.0  # where a test asserts that ownership never moved (a loaded CI machine stalls)
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ def stored(url: str, name: str, key: str) -> Any:
 
 
 def test_single_activation_across_processes(nodes: Any) -> None:
-    a, b = nodes(), nodes()
+    a, b = nodes(ttl=LONG_TTL), nodes(ttl=LONG_TTL)
     futs = [n.call_async("x", "increment") for _ in range(30) for n in (a, b)]
     assert all("ok" in f.result(60) for f in futs)
     assert a.call("x", "whoami") == b.call("x", "whoami")
@@ -72,7 +73,7 @@ def test_single_activation_across_processes(nodes: Any) -> None:
 
 
 def test_forwarded_calls_do_not_steal_the_lease(nodes: Any, shared_url: str) -> None:
-    a, b = nodes(), nodes()
+    a, b = nodes(ttl=LONG_TTL), nodes(ttl=LONG_TTL)
     assert a.call("f", "whoami") == a.pid
     epoch = lease_epoch(shared_url, "f")
     for chunk in range(10):
@@ -144,7 +145,7 @@ def test_alarm_fires_once_and_again_only_if_unfinished(nodes: Any, shared_url: s
 
 
 def test_graceful_close_hands_over_without_errors(nodes: Any) -> None:
-    a, b = nodes(), nodes()
+    a, b = nodes(ttl=LONG_TTL), nodes(ttl=LONG_TTL)
     assert a.call("g", "whoami") == a.pid
     futs = [b.call_async("g", "increment") for _ in range(50)]
     closing = a.send(close=True)
