@@ -453,8 +453,13 @@ def test_cli_exit_codes(tmp_path: Path) -> None:
     broken.write_text((HISTORIES / "good-cas.jsonl").read_text() + '{"process": 1}\n')
     res = runner.invoke(app, ["check", "--history", str(broken)])
     assert res.exit_code == 2 and "line 11" in res.output
-    res = runner.invoke(app, ["check"])
-    assert res.exit_code == 2 and "not yet available" in res.output
+    res = runner.invoke(app, ["check", "--backend", "memory://", "--histories", "2",
+                              "--ops", "60", "--mode", "deterministic"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["check", "--backend", "memory://", "--clients", "9"])
+    assert res.exit_code == 2 and "--clients" in res.output
+    res = runner.invoke(app, ["check", "--backend", "nosuch://x"])
+    assert res.exit_code == 2 and "unknown backend scheme" in res.output
     res = runner.invoke(app, ["check", "--history", str(broken), "--backend", "memory://"])
     assert res.exit_code == 2 and "cannot be combined with --backend" in res.output
     h = simulate(seed=7, ops=400, objects=1, keys=2, clients=8, info_rate=0.1, bounded=False)
