@@ -31,18 +31,18 @@ class Histogram:
         self.min = 0
         self.max = 0
 
-    def record(self, value_ns: int) -> None:
-        """Add one sample (nanoseconds; values below 1 count as 1)."""
+    def record(self, value_ns: int, times: int = 1) -> None:
+        """Add a sample (nanoseconds; values below 1 count as 1), *times* times over."""
         v = value_ns if value_ns > 1 else 1
         index = math.ceil(math.log(v) / self._log_gamma)
         counts = self._counts
-        counts[index] = counts.get(index, 0) + 1
+        counts[index] = counts.get(index, 0) + times
         if self.count == 0 or v < self.min:
             self.min = v
         if v > self.max:
             self.max = v
-        self.count += 1
-        self.total += v
+        self.count += times
+        self.total += v * times
 
     def record_many(self, values_ns: Iterable[int]) -> None:
         """Add several samples."""

@@ -251,9 +251,7 @@ async def drive_async(
             if ops_per_call == 1:
                 hist.record(elapsed)
             else:
-                per_op = elapsed // ops_per_call
-                for _ in range(ops_per_call):
-                    hist.record(per_op)
+                hist.record(elapsed // ops_per_call, ops_per_call)
             ops += ops_per_call
             if time.perf_counter() >= deadline:
                 break
