@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 import duro
-from duro.node import Node
+from duro.testing.node import Node
 
 
 class Echo(duro.DurableObject):

@@ -303,7 +303,7 @@ class Runner:
         return specs
 
     def _start_moto(self) -> None:
-        from duro.moto_server import start_moto_server
+        from duro.testing.moto_server import start_moto_server
 
         for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             if name not in os.environ:

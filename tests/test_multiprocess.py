@@ -16,7 +16,7 @@ import duro
 from duro.backends import ObjectRef, open_backend
 from duro.codec import decode
 from duro.ids import id_from_name
-from duro.node import Node
+from duro.testing.node import Node
 
 TTL = 2.0  # short, where a test waits for a lease to run out
 LONG_TTL = 8.0  # where a test asserts that ownership never moved (a loaded CI machine stalls)

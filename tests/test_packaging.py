@@ -66,6 +66,13 @@ def test_nothing_outside_duro(built: tuple[Path, Path]) -> None:
     assert len(dist_info) == 1
 
 
+def test_project_tests_are_not_shipped(built: tuple[Path, Path]) -> None:
+    _, wheel = built
+    shipped = sorted(n for n in _wheel_names(wheel) if n.rsplit("/", 1)[-1].startswith("test_"))
+    assert shipped == [], f"the project's own tests must not ship in the wheel: {shipped}"
+    assert "duro/testing/__init__.py" in _wheel_names(wheel)
+
+
 def test_typed_marker_metadata_and_entry_points(built: tuple[Path, Path]) -> None:
     _, wheel = built
     names = _wheel_names(wheel)

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from duro.backends import Batch, LeaseHeld, ObjectRef, open_backend
 from duro.backends._sql import SQLBackend
 from duro.errors import BackendUnavailable, ConfigError, Fenced
-from duro.pg_cluster import PostgresMissing, find_postgres_bin
+from duro.testing.pg_cluster import PostgresMissing, find_postgres_bin
 
 REF = ObjectRef("Counter", "a" * 64)
 

@@ -432,7 +432,7 @@ def test_wrong_credentials_are_a_config_error(tmp_path: Path) -> None:
     # A separate moto server process with request authentication switched on: it knows no
     # access key at all, so whatever we send is rejected the way S3 rejects a bad key.
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "duro.moto_server", "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "duro.testing.moto_server", "--port", "0"],
                             env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None

@@ -23,7 +23,7 @@ from duro.consistency.history import Event, History, Operation
 from duro.consistency.report import ascii_timeline, html_report
 from duro.consistency.synth import MUTATIONS, mutate, simulate
 
-HISTORIES = Path(__file__).parent / "histories"
+HISTORIES = Path(__file__).resolve().parents[2] / "consistency_tests" / "histories"
 
 EXPECTED_KIND = {
     "bad-garbage-read": "garbage-read",

@@ -1,7 +1,7 @@
 """Per-operation costs with pytest-benchmark: get (cache hit and miss), put, list, txn, a stub
 call and activation, parametrized and grouped by backend.
 
-Run: ``pytest bench/test_per_op.py --benchmark-only`` (add ``--benchmark-json=FILE`` to keep
+Run: ``pytest tests/bench/test_per_op.py --benchmark-only`` (add ``--benchmark-json=FILE`` to keep
 the figures). Backends come from ``DURO_BENCH_BACKENDS`` (default ``memory,sqlite,lmdb``; add
 ``s3`` to include a local moto server).
 

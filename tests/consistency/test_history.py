@@ -16,7 +16,7 @@ import pytest
 
 from duro.consistency.history import Event, History, HistoryError, Recorder, merge_histories
 
-HISTORIES = Path(__file__).parent / "histories"
+HISTORIES = Path(__file__).resolve().parents[2] / "consistency_tests" / "histories"
 
 
 def line(**kw: object) -> str:

@@ -10,7 +10,7 @@ Fixtures:
 - ``duro_s3_endpoint``: a serialized moto S3 server on 127.0.0.1 (session-scoped) with a
   bucket ``duro-test`` and dummy credentials.
 - ``duro_postgres``: a throwaway PostgreSQL cluster on 127.0.0.1 (session-scoped,
-  :mod:`duro.pg_cluster`), or the server of env ``DURO_TEST_POSTGRES_URL`` if set; each
+  :mod:`duro.testing.pg_cluster`), or the server of env ``DURO_TEST_POSTGRES_URL`` if set; each
   ``postgresql`` test URL is a fresh database on it, dropped after the test.
 - ``duro_clock``: a :class:`~duro.clock.ManualClock` that tests advance by hand.
 - ``duro_app_factory``: ``make(**options) -> App``, an isolated, not yet started App on the
@@ -48,7 +48,7 @@ test_backend_names.__test__ = False  # type: ignore[attr-defined]
 
 
 def _default_test_backends() -> str:
-    from duro.pg_cluster import find_postgres_bin
+    from duro.testing.pg_cluster import find_postgres_bin
 
     if os.environ.get("DURO_TEST_POSTGRES_URL") or find_postgres_bin() is not None:
         return DEFAULT_TEST_BACKENDS + ",postgresql"
@@ -64,7 +64,7 @@ def postgres_server() -> Any:
     if _postgres is None:
         import atexit
 
-        from duro.pg_cluster import ExternalPostgres, start_postgres_cluster
+        from duro.testing.pg_cluster import ExternalPostgres, start_postgres_cluster
 
         external = os.environ.get("DURO_TEST_POSTGRES_URL")
         _postgres = ExternalPostgres(external) if external else start_postgres_cluster()
@@ -99,7 +99,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def duro_s3_endpoint() -> Iterator[str]:
     """A serialized moto S3 server on 127.0.0.1 with the test bucket; yields its endpoint."""
-    from duro.moto_server import start_moto_server
+    from duro.testing.moto_server import start_moto_server
 
     server = start_moto_server(host="127.0.0.1", port=0)
     old = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}

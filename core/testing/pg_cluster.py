@@ -16,7 +16,7 @@ Usage::
 
 or, in the foreground (for benchmarks)::
 
-    python -m duro.pg_cluster          # prints a fresh database URL, runs until Ctrl-C
+    python -m duro.testing.pg_cluster          # prints a fresh database URL, runs until Ctrl-C
 """
 
 from __future__ import annotations

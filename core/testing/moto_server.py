@@ -15,7 +15,7 @@ Usage::
 
 or, in the foreground (for ``.ci/run`` and benchmarks)::
 
-    python -m duro.moto_server --host 127.0.0.1 --port 5000 --latency-ms 50
+    python -m duro.testing.moto_server --host 127.0.0.1 --port 5000 --latency-ms 50
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def start_moto_server(host: str = "127.0.0.1", port: int = 0, latency: float = 0
 def main(argv: list[str] | None = None) -> int:
     """Run the server in the foreground until SIGINT/SIGTERM; print the endpoint first."""
     parser = argparse.ArgumentParser(
-        prog="python -m duro.moto_server",
+        prog="python -m duro.testing.moto_server",
         description="Serve a serialized moto S3 server (one lock around moto) for duro tests.",
     )
     parser.add_argument("--host", default="127.0.0.1")

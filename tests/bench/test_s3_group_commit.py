@@ -11,7 +11,7 @@ Two comparisons, each measured in the same run against its own baseline:
 - **parallel objects**: 32 objects, each with its own writer committing one write per PUT,
   against the same on one object.
 
-``python -m duro.bench.test_s3_group_commit [--latency-ms 50] [--seconds 3]`` prints the ratios
+``python tests/bench/test_s3_group_commit.py [--latency-ms 50] [--seconds 3]`` prints the ratios
 (targets from issue 6: group commit >= 20x, 32 objects >= 8x). The pytest-benchmark tests run the
 same workloads with fixed work per round; compare means within a group. No timing is asserted.
 """
@@ -31,7 +31,7 @@ import pytest
 
 from duro.backends import Batch, ObjectRef, open_backend
 from duro.backends._s3 import S3Backend
-from duro.moto_server import MotoServer, start_moto_server
+from duro.testing.moto_server import MotoServer, start_moto_server
 
 __all__ = ["GroupCommitter", "acquire_all", "group_commit", "main", "objects_in_parallel",
            "one_put_per_write", "runtime_calls"]
@@ -234,7 +234,7 @@ def test_32_objects(benchmark: Any, backend: S3Backend) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Print writes/s and the ratios against their baselines."""
-    parser = argparse.ArgumentParser(prog="python -m duro.bench.test_s3_group_commit")
+    parser = argparse.ArgumentParser(prog="python tests/bench/test_s3_group_commit.py")
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--writes", type=int, default=4, help="writes per writer")
     parser.add_argument("--runtime", action="store_true", help="also measure through duro.App")

@@ -1,8 +1,8 @@
 """A duro process driven by JSON lines, for multi-process tests and benchmarks.
 
-``python -m duro.node BACKEND_URL [lease_ttl] [idle_timeout]`` runs an App with a ``Counter``
-namespace. It prints ``{"address": ...}`` once ready, then answers each command line with one
-JSON line:
+``python -m duro.testing.node BACKEND_URL [lease_ttl] [idle_timeout]`` runs an App with a
+``Counter`` namespace. It prints ``{"address": ...}`` once ready, then answers each command
+line with one JSON line:
 
 - ``{"id": n, "call": [ns, name, method, args]}`` → ``{"id": n, "ok": result}`` or
   ``{"id": n, "err": [class, message]}``; calls run concurrently.
@@ -61,11 +61,11 @@ class Counter(duro.DurableObject):
 
 
 class Node:
-    """Starts ``python -m duro.node`` and drives it over stdin/stdout (thread-safe)."""
+    """Starts ``python -m duro.testing.node`` and drives it over stdin/stdout (thread-safe)."""
 
     def __init__(self, url: str, ttl: float = 2.0, idle: float = 60.0) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "duro.node", url, str(ttl), str(idle)],
+            [sys.executable, "-m", "duro.testing.node", url, str(ttl), str(idle)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
         )
         assert self.proc.stdout is not None
