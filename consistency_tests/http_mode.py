@@ -173,6 +173,12 @@ class _Traffic:
         self.requests = 0
         self.forwarded = 0
 
+    def answered(self, sent_to: str, ran_on: str) -> None:
+        """A request sent to server *sent_to* was answered 200 after running on *ran_on*."""
+        self.requests += 1
+        if ran_on != sent_to:
+            self.forwarded += 1
+
 
 def _caller(plan: ClientPlan, servers: list[_Server], http: httpx.AsyncClient,
             traffic: _Traffic, *, stopped_too: bool = False) -> Any:
@@ -204,9 +210,7 @@ def _caller(plan: ClientPlan, servers: list[_Server], http: httpx.AsyncClient,
             traffic.statuses[str(r.status_code)] += 1
             raise RuntimeError(f"harness bug: {method} {body} answered {r.status_code} {r.text}")
         data = r.json()
-        traffic.requests += 1
-        if data["server"] != server.tag:
-            traffic.forwarded += 1
+        traffic.answered(server.tag, data["server"])
         return data["result"]
 
     return call
