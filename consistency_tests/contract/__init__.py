@@ -7,15 +7,8 @@ They are deterministic: each drives the :class:`~duro.backends.Backend` API dire
 explicit times, against a model of what the contract says the backend holds.
 """
 
-from duro.consistency.contract import (  # noqa: F401  (importing registers the checks)
-    checks_reads,
-    checks_batches,
-    checks_leases,
-    checks_registry,
-    checks_durability,
-    checks_concurrency,
-    checks_errors,
-)
+import importlib
+
 from duro.consistency.contract.context import (
     CHECKS,
     DEPTHS,
@@ -28,7 +21,14 @@ from duro.consistency.contract.context import (
 )
 from duro.consistency.contract.run import CheckOutcome, ContractReport, run_contract
 
+AREA_MODULES = ("reads", "batches", "leases", "registry", "durability", "concurrency", "errors")
+"""The ``checks_*`` modules, in run order (importing one registers its checks)."""
+
+for _module in AREA_MODULES:
+    importlib.import_module(f"duro.consistency.contract.checks_{_module}")
+
 __all__ = [
+    "AREA_MODULES",
     "CHECKS",
     "DEPTHS",
     "T0",
