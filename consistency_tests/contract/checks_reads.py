@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from duro.backends import Batch, ObjectRef
+from duro.backends import Batch, LeaseHeld, ObjectRef
 from duro.codec import DEFAULT_MAX_VALUE_BYTES
 from duro.consistency.contract.context import (
     T0,
@@ -223,7 +223,8 @@ def check_objects_are_isolated(ctx: CheckContext) -> None:
         assert got == {b"k": r.namespace.encode() + r.id[:4].encode()}, \
             f"another object's delete_all or write reached {r.namespace[-3:]}/{r.id[:8]}"
         assert len(ctx.scan_all(r)) == 2, "another object's rows leaked in or out"
-        assert b.get_alarm(r) is not None, "another object's delete_all cleared this alarm"
+        assert b.get_alarm(r) is not None, \
+            "alarm lost (dropped by its commit, or cleared by another object's delete_all)"
     with expect_raises(Fenced, "commit under another object's epoch"):
         b.commit(a, epochs[a] + 1, Batch(puts={b"x": b"1"}))
 
@@ -246,7 +247,11 @@ def check_ids_sharing_long_prefixes_stay_isolated(ctx: CheckContext) -> None:
     refs = _similar_ids(ctx, ctx.n(20, 8))
     epochs = {}
     for i, r in enumerate(refs):
-        epochs[r] = ctx.acquire(r, f"owner{i}", until=T0 + 100 + i).epoch
+        try:
+            epochs[r] = ctx.acquire(r, f"owner{i}", until=T0 + 100 + i).epoch
+        except LeaseHeld as exc:
+            raise AssertionError(f"acquire of …{r.id[-6:]} met the lease of another object with "
+                                 f"a similar ID ({exc.lease.owner})") from exc
         b.commit(r, epochs[r], Batch(puts={b"who": r.id.encode(), b"n%03d" % i: b"x"},
                                      alarm=T0 + 1 + i))
     for i, r in enumerate(refs):
