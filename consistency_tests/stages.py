@@ -126,7 +126,7 @@ def _print_contract(report: ContractReport, console: Console) -> None:
     for o in skipped:
         console.print(f"  skipped {o.name}: {escape(o.detail)}", highlight=False)
     for o in bad:
-        console.print(f"  [red bold]violation[/red bold] [{o.area}] {o.name}: "
+        console.print(f"  [red bold]violation[/red bold] {escape(f'[{o.area}]')} {o.name}: "
                       f"{escape(o.detail)}", highlight=False)
     console.print("stage 1 covered these backend methods:", highlight=False)
     table = Table(box=None)

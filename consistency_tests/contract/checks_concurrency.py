@@ -96,8 +96,8 @@ def check_batch_is_atomic_for_process_readers(ctx: CheckContext) -> None:
     b.commit(ref, epoch, Batch(puts=dict.fromkeys(keys, b"0")))
     procs = [subprocess.Popen(
         [sys.executable, "-m", "duro.consistency.contract._reader", ctx.url, ref.namespace,
-         ref.id, str(_NKEYS)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=dict(os.environ)) for _ in range(2)]
+         ref.id, str(_NKEYS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=dict(os.environ)) for _ in range(2)]
     results: list[dict[str, Any]] = []
     try:
         for p in procs:
@@ -114,7 +114,7 @@ def check_batch_is_atomic_for_process_readers(ctx: CheckContext) -> None:
                 break
         b.commit(ref, epoch, Batch(puts=dict.fromkeys(keys, b"stop")))
         for p in procs:
-            out, err = p.communicate(timeout=120)
+            out, err = p.communicate(input="", timeout=120)
             assert p.returncode == 0, f"reader process failed: {err[-2000:]}"
             results.append(json.loads(out.strip().splitlines()[-1]))
     finally:
@@ -126,7 +126,8 @@ def check_batch_is_atomic_for_process_readers(ctx: CheckContext) -> None:
     reads = sum(r["reads"] for r in results)
     example = next((r["example"] for r in results if r["example"]), None)
     assert torn == 0, f"reader processes saw half a batch in {torn} of {reads} reads: {example}"
-    assert all(r["stopped"] for r in results), "a reader process never saw the last batch"
+    assert all(r["stopped"] for r in results), \
+        "a reader process never saw the writer's acknowledged last batch"
 
 
 @contract_check("concurrency")
