@@ -48,7 +48,9 @@ def check_batch_is_atomic_for_thread_readers(ctx: CheckContext) -> None:
     epoch = ctx.acquire(ref).epoch
     keys = [b"k%02d" % i for i in range(_NKEYS)]
     b.commit(ref, epoch, Batch(puts=dict.fromkeys(keys, b"0")))
-    rounds, limit_s = ctx.n(150, 30), 10.0 * ctx.scale
+    # at least `rounds` batches and at least `min_s` of them (an in-process store commits in
+    # microseconds, so a torn window is short), at most `limit_s`
+    rounds, min_s, limit_s = ctx.n(150, 30), 1.0 * ctx.scale, 10.0 * ctx.scale
     torn: list[object] = []
     reads = [0]
     done = threading.Event()
@@ -70,11 +72,12 @@ def check_batch_is_atomic_for_thread_readers(ctx: CheckContext) -> None:
         for t in threads:
             t.start()
         try:
-            deadline = time.monotonic() + limit_s
-            for i in range(1, rounds + 1):
+            start = time.monotonic()
+            for i in range(1, 10_000_000):
                 b.commit(ref, epoch, Batch(puts=dict.fromkeys(keys, b"%d" % i)))
                 written = i
-                if torn or failures or time.monotonic() > deadline:
+                elapsed = time.monotonic() - start
+                if torn or failures or elapsed > limit_s or (i >= rounds and elapsed >= min_s):
                     break
         finally:
             done.set()
