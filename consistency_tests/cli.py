@@ -100,7 +100,8 @@ def check(
         "--history", help="Check this recorded JSONL history instead of running workloads.",
         dir_okay=False)] = None,
     backend: Annotated[str | None, typer.Option(
-        "--backend", "-b", help="Backend URL to run the suite against.")] = None,
+        "--backend", "-b", help="Backend URL to check (default: a scratch store of the "
+        "configured kind, never the application's own).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed (replay).")] = None,
     ops: Annotated[int | None, typer.Option("--ops", help="Ops per history.", min=1)] = None,
     objects: Annotated[int | None, typer.Option("--objects", help="Objects per history.",
@@ -203,5 +204,6 @@ def check(
 
 def register(app: typer.Typer) -> None:
     """Add the ``check`` command to *app*."""
-    app.command("check", help="Check per-object linearizability: of a recorded history "
-                "(--history FILE), or of a backend under concurrent load and faults.")(check)
+    app.command("check", help="Check a backend: stage 1 drives its storage contract check by "
+                "check, stage 2 checks per-object linearizability under concurrent load and "
+                "faults. Or check a recorded history (--history FILE).")(check)
