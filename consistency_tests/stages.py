@@ -15,6 +15,7 @@ Exit codes: 0 ok, 1 contract violation or anomaly, 2 usage or setup error, 3 unk
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 import tempfile
@@ -178,7 +179,7 @@ def check_backend(backend: str | None, *, depth: str = "default", stage: str = "
     code = result.exit_code()
     if as_json:
         print(json.dumps({
-            "exit_code": code, "backend": url if backend is not None else None,
+            "exit_code": code, "backend": url,
             "scratch": backend is None,
             "stage1": result.contract.to_json() if result.contract else
             {"skipped": result.contract_note},
@@ -251,7 +252,7 @@ def _run(url: str, depth: str, stage: str, keep_going: bool, report: Path | None
 
 
 def _write_contract_report(report: ContractReport, path: Path) -> None:
-    """Stage 1's findings as JSON (``.json``) or text, when stage 2 did not write a report."""
+    """Stage 1's findings as JSON (``.json``), HTML or text, when stage 2 wrote no report."""
     if path.suffix.lower() == ".json":
         text = json.dumps({"stage1": report.to_json()}, indent=2) + "\n"
     else:
@@ -259,6 +260,9 @@ def _write_contract_report(report: ContractReport, path: Path) -> None:
         lines += [f"{o.status:9} {o.area:11} {o.name}  {o.detail}".rstrip()
                   for o in report.outcomes]
         text = "\n".join(lines) + "\n"
+        if path.suffix.lower() in (".html", ".htm"):
+            text = (f"<!doctype html><meta charset=utf-8><title>duro check</title>"
+                    f"<pre>{html.escape(text)}</pre>\n")
     try:
         path.write_text(text, encoding="utf-8")
     except OSError as exc:  # checked writable before the run; report rather than lose it

@@ -122,3 +122,14 @@ def test_json_output(tmp_path: Path) -> None:
     assert doc["stage2"] == {"skipped": "--stage contract"}
     names = {c["name"] for c in doc["stage1"]["checks"]}
     assert "list_shapes" in names and doc["stage1"]["backend_calls"]["scan"] > 0
+
+
+def test_report_of_a_contract_violation_is_written(tmp_path: Path) -> None:
+    """Stage 2 is skipped after a violation; the report still holds what stage 1 found."""
+    report = tmp_path / "r.json"
+    res = duro_check("--backend", "broken-reverse://", "--report", str(report),
+                     env=plugin_env(tmp_path / "plugins"))
+    assert res.returncode == 1, res.stdout + res.stderr
+    doc = json.loads(report.read_text())
+    bad = [c["name"] for c in doc["stage1"]["checks"] if c["status"] == "violation"]
+    assert "scan_bounds_reverse_and_limit" in bad
