@@ -81,3 +81,12 @@ def test_clock_skew_beyond_the_drift_margin_loses_no_acknowledged_write(
         if lost or outcome != "reset":
             failures.append(f"trial {n}: A {outcome}; lost {lost}")
     assert failures == [], f"{len(failures)}/{trials} trials failed: {failures[:3]}"
+
+
+def test_namespace_names_are_bounded_for_storage_keys(tmp_path: Path) -> None:
+    from duro.namespace import MAX_NAMESPACE_BYTES
+
+    app = duro.App(f"sqlite:///{tmp_path}/d.db", listen=None)
+    app.namespace(Keys, "n" * MAX_NAMESPACE_BYTES)
+    with pytest.raises(duro.ConfigError, match=f"1 to {MAX_NAMESPACE_BYTES} bytes"):
+        app.namespace(Keys, "é" * (MAX_NAMESPACE_BYTES // 2 + 1))
