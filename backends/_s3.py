@@ -5,8 +5,8 @@ consecutive sequence numbers, plus periodic checkpoints and a lease record updat
 compare-and-swap (SlateDB's fencing scheme, scaled down; see :mod:`duro.backends._s3_log` for
 the key layout):
 
-- **acquire** bumps the epoch in ``lease.json`` by CAS, loads checkpoint + log tail, then writes
-  a *fence* record at the next free slot. A stale owner's next append finds that slot taken.
+- **acquire** bumps the epoch in ``lease.json`` by CAS, loads the log from the checkpoint at
+  the lease's GC boundary, then writes *fence* records at a window of next slots at once.
 - **commit** is ONE create-only PUT of a batch record at the next slot. On 412, or when the
   outcome is unknown (409, 5xx, timeout), the slot is read back: our own write id means it
   landed; a higher epoch means :class:`~duro.errors.Fenced`; a lower (or equal) epoch is
@@ -15,9 +15,37 @@ the key layout):
   our own commits); a non-owner read (inspection, the registry, the alarm scheduler) catches up
   from S3 first (one LIST, plus GETs of new records).
 - every ``checkpoint_batches`` batches or ``checkpoint_bytes`` bytes a checkpoint ``snap/<seq>``
-  is written in the background; then older batch records and checkpoints are deleted. Fence
-  records are never deleted, and the newest record always survives, so the next free slot is
-  always visible to a LIST.
+  is written in the background; then the GC boundary in ``lease.json`` is raised to ``seq`` by
+  CAS, and only then are older batch records and checkpoints deleted. Fence records are never
+  deleted, and the newest record always survives.
+
+Why a stale owner can never land an acknowledged write that is lost (the fencing argument).
+Slots are filled create-only, so a slot's content never changes; it can only disappear through
+GC. GC is fenced: the owner at epoch ``e`` deletes slots below ``s`` only after writing
+``snap/s`` and after a CAS of ``lease.json`` that sets ``gc = s`` *and requires the stored
+epoch to still be* ``e``. A new owner B bumps the epoch (a CAS on the same record) and reads
+``gc = G`` in the same step; from then on no older owner can raise the boundary, so nothing
+at or above ``G`` is deleted by anyone but B (or owners after B). B loads from ``snap/G`` and
+puts its fence at slots above ``G``: it can never land in a collected slot, and it can never be
+collected under an older owner (the old bug: a fence PUT that got 412, then 404 after the old
+owner's GC, re-PUT into a slot below the old owner's checkpoint where no loader looks). The old
+owner A appends one slot at a time at the log's end; every slot below B's first fence is
+either A's (replayed by B before B's acquire returns) or older, so A's next append meets B's
+fence and gets :class:`Fenced`. For a writer at its own next slot, 412 then 404 therefore means
+a newer owner replayed and collected that slot: it is reported as Fenced (or as an unknown
+outcome if an earlier attempt of ours may be what was collected), never treated as free.
+A zombie that never stops writing cannot make acquire chase it: once B bumped the epoch it can
+no longer collect anything, and B fences a window of slots ``n .. n+k-1`` with parallel PUTs
+(every fence carries ``end = n+k-1``; a replay takes the first one it meets as the fence and
+skips to ``end + 1``, so unfilled slots of the window are harmless). A writes one slot per round
+trip and can take only a prefix of the window; windows grow (1, 2, 8, 32, 64...), so B wins
+within a few rounds, and gives up with :class:`~duro.errors.BackendUnavailable` after a bound.
+The extra cost is on acquire and on checkpoints (one lease CAS each), never on the hot path.
+
+LIST order: log catch-up (``StartAfter`` and the contiguity check), :meth:`S3Backend.list_objects`
+(pages in LIST order) and :meth:`S3Backend.due_alarms` (stops at the first bucket after *now*)
+rely on the lexicographic LIST order of S3 general purpose buckets, which S3 directory buckets
+(Express One Zone) do not give. Use a general purpose bucket.
 
 Options: ``endpoint_url``, ``region`` (default from boto3's chain, else ``us-east-1``),
 ``checkpoint_batches`` (64), ``checkpoint_bytes`` (1 MiB), ``timeout`` (seconds per request, 10),
@@ -429,8 +457,7 @@ class S3Backend(Backend):
                 results = [self._store.put_conditional(o.log_key(n), bodies[0])]
             else:
                 results = list(self._io_pool.map(
-                    lambda i: self._store.put_conditional(o.log_key(n + i), bodies[i]),
-                    range(k)))
+                    self._store.put_conditional, [o.log_key(n + i) for i in range(k)], bodies))
             for i, res in enumerate(results):
                 seq = n + i
                 if seq < st.next:

@@ -588,7 +588,7 @@ def _zombie_race_trial(a: S3Backend, b: S3Backend, r: ObjectRef, bound: int,
                 acked[key] = key
                 if i == 2:
                     started.set()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test below
+        except BaseException as exc:
             outcome.append(exc)
         finally:
             started.set()
