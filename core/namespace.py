@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from duro.backends.base import LeaseHeld, ObjectRef
 from duro.calls import encode_args, unpack
-from duro.errors import BackendUnavailable, CallTimeout, InvalidObjectId, ObjectError
+from duro.errors import BackendUnavailable, CallTimeout, ConfigError, InvalidObjectId, ObjectError
 from duro.ids import ObjectId, id_from_name, id_from_string, new_unique_id
 from duro.instance import Chain, Gone, Instance, current_call
 from duro.objects import DurableObject
@@ -24,6 +24,8 @@ __all__ = ["Namespace", "ObjectSummary", "Stub"]
 T = TypeVar("T", bound=DurableObject)
 HOOKS: Final = frozenset({"on_activate", "alarm", "fetch", "websocket_message", "websocket_close"})
 MAX_HOPS: Final = 4
+MAX_NAMESPACE_BYTES: Final = 200
+"""Longest namespace name (UTF-8): names go into storage keys, e.g. S3's 1,024-byte keys."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,10 @@ class Namespace(Generic[T]):
     """All objects of one class in one app. Made by :meth:`duro.App.namespace`."""
 
     def __init__(self, app: App, cls: type[T], name: str) -> None:
+        if not name or len(name.encode("utf-8", "surrogatepass")) > MAX_NAMESPACE_BYTES:
+            raise ConfigError(f"namespace name {name[:40]!r}{'…' if len(name) > 40 else ''} must "
+                              f"be 1 to {MAX_NAMESPACE_BYTES} bytes of UTF-8 (it is part of "
+                              "storage keys)")
         self.app = app
         self.cls = cls
         self.name = name
