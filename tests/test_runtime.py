@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import queue
 import threading
 from collections.abc import Callable, Coroutine
@@ -307,6 +308,134 @@ def test_list_merges_unflushed_writes_after_restart(duro_app_factory: Make,
     run(main())
 
 
+class Lister(duro.DurableObject):
+    """Lists while writes are still unflushed (their awaitables deliberately not awaited)."""
+
+    flushed: threading.Event | None = None
+
+    async def put_each(self, entries: dict[str, Any]) -> None:
+        for k, v in entries.items():  # one flush each: the cache evicts the older keys
+            await self.storage.put(k, v)
+
+    async def delete_then_list(self, keys: list[str], **kw: Any) -> list[str]:
+        for k in keys:
+            self.storage.delete(k)
+        return list(await self.storage.list(**kw))
+
+    async def delete_then_list_told(self, key: str, **kw: Any) -> list[str]:
+        self.storage.delete(key)
+        flushed = Lister.flushed
+        assert flushed is not None
+        self.storage.after_durable(self.storage.write_seq, lambda exc: flushed.set())
+        return list(await self.storage.list(**kw))
+
+    async def txn_listings(self) -> dict[str, list[str]]:
+        self.storage.delete("k2")  # unflushed writes below the transaction
+        self.storage.put("k9", 9)
+        out: dict[str, list[str]] = {}
+        async with self.storage.transaction() as t:
+            t.delete_many(["k1", "k3"])
+            t.put_many({"k0": 0, "k45": 45})
+            out["all"] = list(await t.list())
+            out["limit"] = list(await t.list(limit=3))
+            out["reverse"] = list(await t.list(reverse=True, limit=3))
+            out["start_after"] = list(await t.list(start_after="k3", limit=2))
+            out["prefix"] = list(await t.list(prefix="k4"))
+            out["end"] = list(await t.list(end="k45", reverse=True, limit=2))
+            t.delete_all()
+            t.put("k7", 7)
+            out["cleared"] = list(await t.list(limit=5))
+            t.rollback()
+        out["after_rollback"] = list(await self.storage.list())
+        return out
+
+
+# The cache holds at most 2 keys, so these objects are never wholly cached: list() reads the
+# backend and lays the unflushed writes over its rows.
+SMALL_CACHE = duro.StorageLimits(cache_entries=2, preload_keys=1)
+SIX = {f"k{i}": i for i in range(1, 7)}
+
+
+def test_list_limit_counts_unflushed_deletes(duro_app_factory: Make) -> None:
+    async def main() -> None:
+        async with duro_app_factory(storage_limits=SMALL_CACHE) as app:
+            ns = app.namespace(Lister)
+            stub = ns.get_by_name("l")
+            await stub.put_each(SIX)
+            assert ns.stats().evictions > 0
+            # The backend's first two rows are the deleted ones: list must read past them.
+            assert await stub.delete_then_list(["k1", "k2"], limit=2) == ["k3", "k4"]
+            assert await stub.delete_then_list(["k6"], reverse=True, limit=2) == ["k5", "k4"]
+            assert await stub.delete_then_list(["k9"], start_after="k3", limit=5) == ["k4", "k5"]
+
+    run(main())
+
+
+class ScanBeforeCommit(ProxyBackend):
+    """Once armed: a scan reads its rows, lets the held commit land, and returns those rows
+    only after the runtime has seen that flush complete (a flush landing during a read)."""
+
+    def __init__(self, inner: Backend) -> None:
+        super().__init__(inner)
+        self.armed = False
+        self.scanned = threading.Event()
+
+    def scan(self, ref: ObjectRef, lo: bytes | None, hi: bytes | None, *, reverse: bool = False,
+             limit: int | None = None) -> list[tuple[bytes, bytes]]:
+        rows = super().scan(ref, lo, hi, reverse=reverse, limit=limit)
+        if self.armed:
+            self.scanned.set()
+            assert Lister.flushed is not None
+            assert Lister.flushed.wait(30), "the flush never completed"
+        return rows
+
+    def commit(self, ref: ObjectRef, epoch: int, batch: Batch) -> None:
+        if self.armed:
+            assert self.scanned.wait(30), "the scan never ran"
+        super().commit(ref, epoch, batch)
+
+
+@pytest.mark.parametrize("limit", [None, 2])
+def test_list_sees_a_delete_whose_flush_lands_during_the_read(
+    duro_app_factory: Make, duro_backend_url: str, limit: int | None
+) -> None:
+    async def main() -> None:
+        backend = ScanBeforeCommit(open_backend(duro_backend_url))
+        async with duro_app_factory(backend=backend, storage_limits=SMALL_CACHE) as app:
+            stub = app.namespace(Lister).get_by_name("r")
+            await stub.put_each(SIX)
+            Lister.flushed = threading.Event()
+            backend.armed = True
+            # The rows come from before the delete landed; the delete is no longer pending
+            # once they arrive. The deleted key must not come back.
+            assert await stub.delete_then_list_told("k1", limit=limit) == (
+                ["k2", "k3", "k4", "k5", "k6"] if limit is None else ["k2", "k3"])
+            backend.armed = False
+
+    run(main())
+
+
+def test_transaction_list_merges_its_writes_over_unflushed_ones(duro_app_factory: Make) -> None:
+    async def main() -> None:
+        async with duro_app_factory(storage_limits=SMALL_CACHE) as app:
+            stub = app.namespace(Lister).get_by_name("t")
+            await stub.put_each(SIX)
+            got = await stub.txn_listings()
+        # Storage: k1 k3 k4 k5 k6 k9; the transaction deletes k1 k3 and adds k0 k45.
+        assert got == {
+            "all": ["k0", "k4", "k45", "k5", "k6", "k9"],
+            "limit": ["k0", "k4", "k45"],
+            "reverse": ["k9", "k6", "k5"],
+            "start_after": ["k4", "k45"],
+            "prefix": ["k4", "k45"],
+            "end": ["k4", "k0"],
+            "cleared": ["k7"],
+            "after_rollback": ["k1", "k3", "k4", "k5", "k6", "k9"],
+        }
+
+    run(main())
+
+
 # -- errors ------------------------------------------------------------------------------------
 
 
@@ -439,6 +568,62 @@ def test_alarm_fires_and_retries_with_backoff(duro_app_factory: Make,
             await step(20)
             assert Alarmed.fired == [0, 1, 2]
 
+    run(main())
+
+
+class AlwaysFails(duro.DurableObject):
+    clock: duro.ManualClock | None = None
+    runs: list[tuple[int, float]] = []
+
+    async def arm(self, when: float) -> None:
+        self.storage.set_alarm(when)
+
+    async def alarm(self, info: duro.AlarmInfo) -> None:
+        assert AlwaysFails.clock is not None
+        AlwaysFails.runs.append((info.retry_count, AlwaysFails.clock.monotonic()))
+        raise RuntimeError(f"alarm broken (run {len(AlwaysFails.runs)})")
+
+    async def current(self) -> float | None:
+        return await self.storage.get_alarm()
+
+
+def test_failing_alarm_retries_are_bounded_and_logged(
+    duro_app_factory: Make, duro_clock: duro.ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    tick = 0.05
+
+    async def step(seconds: float) -> None:
+        for _ in range(round(seconds / tick)):
+            duro_clock.advance(tick)
+            for _ in range(6):  # the timer's turn and the next timer's start, before time moves
+                await asyncio.sleep(0)
+
+    async def main() -> None:
+        AlwaysFails.clock, AlwaysFails.runs = duro_clock, []
+        # The lease outlives the test (no renewal I/O while time is moved by hand); eviction
+        # after idle_timeout stays on, as in production: a pending retry must survive it.
+        async with duro_app_factory(lease_ttl=10_000.0, idle_timeout=60.0) as app:
+            cfg = app.config
+            stub = app.namespace(AlwaysFails).get_by_name("a")
+            await stub.arm(duro_clock.time() + 1)
+            longest = cfg.alarm_retry_base * 2 ** (cfg.alarm_max_retries - 1) * 1.25
+            await step(1 + sum(cfg.alarm_retry_base * 2**n * 1.25
+                               for n in range(cfg.alarm_max_retries)) + 2 * longest)
+            assert [r for r, _ in AlwaysFails.runs] == list(range(cfg.alarm_max_retries + 1))
+            times = [t for _, t in AlwaysFails.runs]
+            gaps = [b - a for a, b in itertools.pairwise(times)]
+            for n, gap in enumerate(gaps):  # base * 2**n, stretched by up to 25 % of jitter
+                backoff = cfg.alarm_retry_base * 2**n
+                assert backoff - 2 * tick <= gap <= backoff * 1.25 + 2 * tick, (n, gaps)
+            assert any(g - cfg.alarm_retry_base * 2**n > 3 * tick for n, g in enumerate(gaps)), (
+                f"no jitter in {gaps}")
+            assert await stub.current() is None  # cleared after the last retry
+        failures = [r for r in caplog.records
+                    if r.name.startswith("duro") and "alarm broken" in str(r.exc_info)]
+        assert len(failures) == cfg.alarm_max_retries + 1, [r.getMessage() for r in failures]
+        assert "giving up" in failures[-1].getMessage()
+
+    caplog.set_level("WARNING", logger="duro")
     run(main())
 
 
