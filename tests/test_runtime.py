@@ -627,6 +627,73 @@ def test_failing_alarm_retries_are_bounded_and_logged(
     run(main())
 
 
+class MidTurn(duro.DurableObject):
+    go: asyncio.Event | None = None
+    reading: asyncio.Event | None = None
+
+    async def increment(self) -> int:
+        n = int(await self.storage.get("n", 0)) + 1
+        await self.storage.put("n", n)
+        return n
+
+    async def slow_read(self) -> int:
+        n = int(await self.storage.get("n", 0))  # a cache hit
+        assert MidTurn.go is not None and MidTurn.reading is not None
+        MidTurn.reading.set()
+        await MidTurn.go.wait()  # the lease runs out here, and another owner takes over
+        return n
+
+
+class PartitionedRenewals(ProxyBackend):
+    """Lease renewals hang while ``partitioned`` is set (a request lost in a partition)."""
+
+    def __init__(self, inner: Backend) -> None:
+        super().__init__(inner)
+        self.partitioned = threading.Event()
+        self.healed = threading.Event()
+
+    def renew(self, ref: ObjectRef, epoch: int, until: float) -> None:
+        if self.partitioned.is_set():
+            assert self.healed.wait(30), "the test never healed the partition"
+        super().renew(ref, epoch, until)
+
+    def close(self) -> None:
+        pass  # the other App shares the inner backend and closes it
+
+
+def test_lease_lost_mid_turn_answers_object_reset_not_a_stale_value(
+    duro_app_factory: Make, duro_backend_url: str, duro_clock: duro.ManualClock
+) -> None:
+    async def main() -> None:
+        MidTurn.go, MidTurn.reading = asyncio.Event(), asyncio.Event()
+        inner = open_backend(duro_backend_url)
+        a_backend = PartitionedRenewals(inner)
+        try:
+            async with duro_app_factory(backend=a_backend) as a, \
+                    duro_app_factory(backend=inner) as b:
+                cfg = a.config
+                on_a = a.namespace(MidTurn).get_by_name("m")
+                assert await on_a.increment() == 1
+                a_backend.partitioned.set()
+                turn = asyncio.ensure_future(on_a.slow_read())
+                await asyncio.wait_for(MidTurn.reading.wait(), 10)  # it has read n == 1
+                # A's lease runs out: its renewal hangs in the partition.
+                duro_clock.advance(cfg.lease_ttl + 2 * cfg.drift_margin)
+                # B acquires the object under a new epoch and moves it on.
+                assert await b.namespace(MidTurn).get_by_name("m").increment() == 2
+                MidTurn.go.set()  # A's turn ends with n == 1, which is no longer true
+                a_backend.healed.set()
+                with pytest.raises(duro.ObjectReset):
+                    stale = await asyncio.wait_for(turn, 30)
+                    pytest.fail(f"A answered {stale} after B took the object over")
+                assert await b.namespace(MidTurn).get_by_name("m").increment() == 3
+        finally:
+            a_backend.healed.set()
+            inner.close()
+
+    run(main())
+
+
 # -- registry, lifecycle helpers, cache bounds ----------------------------------------------------
 
 
