@@ -59,6 +59,14 @@ class Store(duro.DurableObject):
     async def delete(self, key: str) -> bool:
         return bool(await self.storage.delete(key))
 
+    async def write_then_list(self, deletes: list[str], puts: dict[str, Any],
+                              **kw: Any) -> list[list[Any]]:
+        for k in deletes:
+            self.storage.delete(k)  # not awaited: list() runs before these writes are durable
+        if puts:
+            self.storage.put_many(puts)
+        return [[k, v] for k, v in (await self.storage.list(**kw)).items()]
+
     async def delete_many(self, keys: list[str]) -> int:
         return int(await self.storage.delete_many(keys))
 
@@ -299,11 +307,14 @@ def test_list_merges_unflushed_writes_after_restart(duro_app_factory: Make,
                 await stub.put(k, 1)
         async with duro_app_factory(storage_limits=limits) as app:
             stub = app.namespace(Store).get_by_name("m")
-            assert await stub.delete("k2") is True  # k2 was not cached: read before deleting
-            assert await stub.delete("k9") is False
-            await stub.put("k4", 4)
-            assert await stub.listing() == [["k1", 1], ["k3", 1], ["k4", 4]]
-            assert await stub.listing(limit=2) == [["k1", 1], ["k3", 1]]
+            # The deletes and the put are still unflushed when list() reads the backend.
+            assert await stub.write_then_list(["k2", "k9"], {"k4": 4}) == [
+                ["k1", 1], ["k3", 1], ["k4", 4]]
+            assert await stub.write_then_list(["k1"], {"k5": 5}, limit=2) == [
+                ["k3", 1], ["k4", 4]]
+            assert await stub.write_then_list(["k5"], {}, reverse=True, limit=1) == [["k4", 4]]
+            assert await stub.delete("k2") is False  # the unflushed delete did land
+            assert await stub.listing() == [["k3", 1], ["k4", 4]]
 
     run(main())
 
@@ -491,35 +502,42 @@ def test_call_cycle_fails_fast(duro_app_factory: Make) -> None:
 
 class Slow(duro.DurableObject):
     gate: asyncio.Event | None = None
+    started: asyncio.Event | None = None
     activated: list[str] = []
 
     async def on_activate(self) -> None:
         Slow.activated.append("activate")
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # on_activate awaits something: calls must still wait for it
         Slow.activated.append("activated")
 
     async def wait(self) -> str:
         Slow.activated.append("call")
-        assert Slow.gate is not None
+        assert Slow.gate is not None and Slow.started is not None
+        Slow.started.set()
         await Slow.gate.wait()
         return "done"
 
 
 def test_on_activate_first_and_overload(duro_app_factory: Make) -> None:
     async def main() -> None:
-        Slow.gate = asyncio.Event()
+        Slow.gate, Slow.started = asyncio.Event(), asyncio.Event()
         Slow.activated = []
         async with duro_app_factory(max_queue=5) as app:
             stub = app.namespace(Slow).get_by_name("o")
-            calls = [asyncio.ensure_future(stub.wait()) for _ in range(10)]
-            await asyncio.sleep(0.2)
-            assert Slow.activated[:3] == ["activate", "activated", "call"]
-            overloaded = [c for c in calls if c.done()]
+            running = asyncio.ensure_future(stub.wait())
+            await asyncio.wait_for(Slow.started.wait(), 30)
+            assert Slow.activated == ["activate", "activated", "call"]
+            # The object is live and busy: each further call is queued, or refused at once,
+            # in its first step (it awaits nothing before that). All nine take that step in
+            # the same pass of the loop, before the first refusal is seen here.
+            more = [asyncio.ensure_future(stub.wait()) for _ in range(9)]
+            await asyncio.wait(more, return_when=asyncio.FIRST_COMPLETED)
+            overloaded = [c for c in more if c.done()]
             assert len(overloaded) == 4  # 1 running + 5 queued fit
             for c in overloaded:
                 assert isinstance(c.exception(), duro.Overloaded)
             Slow.gate.set()
-            done = await asyncio.gather(*(c for c in calls if c not in overloaded))
+            done = await asyncio.gather(running, *(c for c in more if c not in overloaded))
             assert done == ["done"] * 6
 
     run(main())
@@ -820,9 +838,16 @@ def test_call_timeout(duro_app_factory: Make, duro_clock: duro.ManualClock) -> N
         async with duro_app_factory(call_timeout=5.0, drain_timeout=0.2) as app:
             ns = app.namespace(Stuck)
             call = asyncio.ensure_future(ns.get_by_name("s").hang())
-            for _ in range(60):  # 6 s of manual time, in ticks the maintenance loop sees
+            # The maintenance tick sweeps deadlines, then polls alarms in backend I/O; its next
+            # sleep starts when that I/O returns, however far the clock moved meanwhile. So
+            # time moves until the call ends (a tick after its deadline), not for a fixed span.
+            for _ in range(3000):
+                if call.done():
+                    break
                 duro_clock.advance(0.1)
-                await asyncio.sleep(0.005)
+                await asyncio.wait([call], timeout=0.005)
+            assert call.done(), "the call never timed out"
+            assert duro_clock.monotonic() >= 5.0  # not before its deadline
             with pytest.raises(duro.CallTimeout, match="outcome is unknown"):
                 await call
             assert await ns.get_by_name("other").quick() == "fine"
