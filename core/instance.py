@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import logging
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["Gone", "Instance", "current_call"]
 
 T = TypeVar("T")
+log = logging.getLogger("duro.alarms")
 
 Chain = tuple[tuple[str, str], ...]
 current_call: contextvars.ContextVar[tuple[Instance, Chain] | None] = contextvars.ContextVar(
@@ -137,13 +139,18 @@ class Instance:
 
     @property
     def idle(self) -> bool:
-        """No queued or running event, no flush, no background task."""
+        """No queued or running event, no flush, no background task, no alarm retry pending.
+
+        A failed alarm's retry count lives here: evicting before its retry would start the
+        count again from 0 on re-activation, and the retries would never end.
+        """
         return (
             not self._queue
             and self._worker is None
             and not self.storage.flushing
             and not self._tasks
             and self._gate_holders == 0
+            and not self._alarm_retry
         )
 
     def reset(self, exc: BaseException) -> None:
@@ -454,11 +461,11 @@ class Instance:
         self._alarm_set_in_run = False
         self.storage._alarm = None  # during the run get_alarm() is None unless set anew
         token = current_call.set((self, (self.key,)))
-        ok = True
+        failure: Exception | None = None
         try:
             await self.obj.alarm(AlarmInfo(retry_count=ev.retry))
-        except Exception:
-            ok = False
+        except Exception as exc:
+            failure = exc
         finally:
             current_call.reset(token)
             self._alarm_running = None
@@ -468,12 +475,19 @@ class Instance:
         if self._alarm_set_in_run:
             self._alarm_retry = 0
             return  # a new alarm supersedes this one and its retries
-        if ok or ev.retry >= cfg.alarm_max_retries:
+        what = f"alarm of {self.ns.name} {self.oid.name or self.oid.hex[:12]}"
+        if failure is None or ev.retry >= cfg.alarm_max_retries:
+            if failure is not None:
+                log.error("%s failed on its last retry (%d); giving up: the alarm is cleared",
+                          what, ev.retry, exc_info=failure)
             self._alarm_retry = 0
             self.storage.delete_alarm()  # cleared only after success (at-least-once)
             return
         self.storage._alarm = scheduled
         self._alarm_retry = ev.retry + 1
         backoff = cfg.alarm_retry_base * (2 ** ev.retry)
-        self._schedule_alarm(scheduled, delay=backoff * (1 + random.uniform(0, 0.25)))
+        delay = backoff * (1 + random.uniform(0, 0.25))
+        log.warning("%s failed (run %d of at most %d); retrying in %.1f s", what, ev.retry + 1,
+                    cfg.alarm_max_retries + 1, delay, exc_info=failure)
+        self._schedule_alarm(scheduled, delay=delay)
 

@@ -34,6 +34,11 @@ __all__ = ["OwnerUnreachable", "Transport", "parse_address"]
 
 _CONTENT_TYPE = "application/x-duro-call"
 _CLOSE_GRACE = 0.2
+# Peers drop a kept-alive connection idle this long instead of sending a call into it; a
+# closing server keeps its idle connections at least this long (plus a margin) after the last
+# call it saw, so no peer's call can meet a connection being closed under it.
+_CLIENT_KEEPALIVE = 2.0
+_KEEPALIVE_MARGIN = 0.5
 _SECRET_HEADER = "x-duro-secret"  # noqa: S105 - a header name, not a secret
 
 
@@ -72,6 +77,7 @@ class Transport:
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._client: aiohttp.ClientSession | None = None
+        self._last_call = 0.0  # loop time of the last forwarded call served (start or end)
 
     async def start(self, listen: str, advertise: str | None) -> str:
         """Bind *listen* and serve; return the address other processes should use."""
@@ -107,7 +113,7 @@ class Transport:
         timeout = aiohttp.ClientTimeout(total=self._app.config.call_timeout + 5, connect=2.0)
         # Idle connections are dropped before uvicorn's 5 s keep-alive ends them, so a call
         # is never sent into a connection the server is closing.
-        connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=2.0)
+        connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=_CLIENT_KEEPALIVE)
         self._client = aiohttp.ClientSession(
             timeout=timeout, connector=connector, auto_decompress=False)
         return advertise or f"{host}:{bound}"
@@ -115,13 +121,19 @@ class Transport:
     async def stop(self) -> None:
         """Stop serving and close the client.
 
-        Calls that arrive meanwhile are answered "moving" (503) with ``Connection: close``; a
-        short grace lets peers see that before idle keep-alive connections are closed, so
-        none sends a call into a connection that is going away.
+        Calls that arrive meanwhile are answered "moving" (503) with ``Connection: close``. A
+        call sent into an idle keep-alive connection just as the server closes it is lost
+        without an answer, and the sender cannot tell it from an owner that died mid-call. So
+        the server stops only once no peer may still use an idle connection: when none is
+        left open, or none has carried a call for longer than peers keep one idle.
         """
         if self._server is not None:
             if self._server.started:
                 await asyncio.sleep(_CLOSE_GRACE)
+                loop = asyncio.get_running_loop()
+                while (self._server.server_state.connections
+                       and loop.time() - self._last_call < _CLIENT_KEEPALIVE + _KEEPALIVE_MARGIN):
+                    await asyncio.sleep(0.05)
             self._server.should_exit = True
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
@@ -136,6 +148,7 @@ class Transport:
             request.headers.get(_SECRET_HEADER, "").encode(), secret.encode()
         ):
             return Response(b"missing or wrong cluster secret", status_code=403)
+        self._last_call = asyncio.get_running_loop().time()
         body = await request.body()
         try:
             msg: dict[str, Any] = msgpack.unpackb(body)
@@ -148,6 +161,8 @@ class Transport:
                             headers={"x-duro-moving": "1", "connection": "close"})
         except Exception as exc:
             reply = pack_error(exc)
+        finally:
+            self._last_call = asyncio.get_running_loop().time()
         return Response(reply, media_type=_CONTENT_TYPE)
 
     async def forward(self, address: str, ns: str, oid: ObjectId, method: str, payload: bytes,

@@ -4,8 +4,9 @@ Fixtures:
 
 - ``duro_backend_url``: a fresh, empty backend URL per test, parametrized over the backends
   named in ``DURO_TEST_BACKENDS`` (comma-separated; default ``memory,sqlite,lmdb,s3``, plus
-  ``postgresql`` when PostgreSQL's server binaries are installed). A named backend whose driver
-  (or server) is missing fails the test: nothing is skipped silently.
+  ``postgresql`` when PostgreSQL's server binaries are installed, and always under CI, env
+  ``CI=true``). A named backend whose driver (or server) is missing fails the test: nothing is
+  skipped silently.
 - ``duro_backend``: an open :class:`~duro.backends.Backend` on that URL, closed afterwards.
 - ``duro_s3_endpoint``: a serialized moto S3 server on 127.0.0.1 (session-scoped) with a
   bucket ``duro-test`` and dummy credentials.
@@ -50,7 +51,10 @@ test_backend_names.__test__ = False  # type: ignore[attr-defined]
 def _default_test_backends() -> str:
     from duro.testing.pg_cluster import find_postgres_bin
 
-    if os.environ.get("DURO_TEST_POSTGRES_URL") or find_postgres_bin() is not None:
+    # Under CI (env CI=true) PostgreSQL is always tested: if it is missing, its cases fail
+    # with the install hint instead of vanishing from the matrix.
+    if (os.environ.get("CI", "").lower() == "true" or os.environ.get("DURO_TEST_POSTGRES_URL")
+            or find_postgres_bin() is not None):
         return DEFAULT_TEST_BACKENDS + ",postgresql"
     return DEFAULT_TEST_BACKENDS
 

@@ -75,6 +75,7 @@ class Node:
         self._ids = itertools.count()
         self._pending: dict[int, Future[Any]] = {}
         self._lock = threading.Lock()
+        self._dead = False
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -82,28 +83,35 @@ class Node:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             msg = json.loads(line)
-            with self._lock:
-                fut = self._pending.pop(msg["id"], None)
-            if fut is not None:
-                fut.set_result(msg)
+            self._answer(msg["id"], msg)
         with self._lock:  # the process died: its open calls never answer
-            for fut in self._pending.values():
-                fut.set_result({"err": ["Died", "process ended"]})
-            self._pending.clear()
+            self._dead = True
+            dead, self._pending = self._pending, {}
+        for fut in dead.values():
+            fut.set_result({"err": ["Died", "process ended"]})
+
+    def _answer(self, n: int, msg: dict[str, Any]) -> None:
+        """Complete call *n* with *msg*, unless something else already answered it."""
+        with self._lock:
+            fut = self._pending.pop(n, None)
+        if fut is not None:
+            fut.set_result(msg)
 
     def send(self, **cmd: Any) -> Future[Any]:
         n = next(self._ids)
         fut: Future[Any] = Future()
         with self._lock:
+            if self._dead:
+                fut.set_result({"err": ["NotSent", "process is dead"], "not_sent": True})
+                return fut
             self._pending[n] = fut
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write(json.dumps({"id": n, **cmd}) + "\n")
             self.proc.stdin.flush()
-        except BrokenPipeError:  # the process is dead: the call was never sent
-            with self._lock:
-                self._pending.pop(n, None)
-            fut.set_result({"err": ["NotSent", "process is dead"], "not_sent": True})
+        except (BrokenPipeError, ValueError):  # the process is dead: the call was never sent
+            # The reader thread may have seen the process end and answered "Died" already.
+            self._answer(n, {"err": ["NotSent", "process is dead"], "not_sent": True})
         return fut
 
     def call_async(self, name: str, method: str, *args: Any) -> Future[Any]:
