@@ -59,7 +59,7 @@ from duro.errors import ConfigError
 from duro.ids import id_from_name
 
 __all__ = ["APP_TARGET", "SERVERS", "HTTPUnavailable", "HttpRunResult", "LostConnection",
-           "run_http"]
+           "absolute_url", "run_http"]
 
 APP_TARGET: Final = "duro.consistency.http_app:make_app"
 SERVERS: Final = 2
@@ -67,6 +67,21 @@ START_TIMEOUT: Final = 60.0
 CLIENT_TIMEOUT: Final = 60.0
 TAKEOVER_CLIENT: Final = 50_000
 """Client numbers of the extra clients a ``pause`` adds (unique values ``v<client>.<op>``)."""
+
+
+def absolute_url(url: str, cwd: Path | None = None) -> str:
+    """*url* with a relative file path (``sqlite:///rel.db``, ``lmdb:///rel``) made absolute.
+
+    The path is resolved against *cwd* (the caller's working directory by default), so a
+    process started elsewhere (the servers run in a temporary directory) opens the same file.
+    Other URLs are returned unchanged.
+    """
+    scheme, sep, rest = url.partition(":///")
+    base = scheme.lower().split("+")[0]
+    if not sep or base not in ("sqlite", "lmdb") or rest.startswith("/"):
+        return url
+    path, q, query = rest.partition("?")
+    return f"{scheme}:///{(cwd or Path.cwd()) / path}{q}{query}"
 
 
 class LostConnection(ConnectionError):
@@ -320,6 +335,7 @@ def run_http(program: Program, url: str, *, faults: frozenset[str] = frozenset()
     *backend*: an already open backend on *url* for this process (opened here if None).
     """
     get_mutant(mutant)  # ValueError for an unknown name, before anything starts
+    url = absolute_url(url)  # the servers run in a temporary directory
     own = backend is None
     b = open_backend(url) if backend is None else backend
     try:
