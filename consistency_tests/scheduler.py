@@ -54,6 +54,7 @@ __all__ = [
     "SimApp",
     "SimExecutor",
     "run_deterministic",
+    "settle",
 ]
 
 T = TypeVar("T")
@@ -65,6 +66,18 @@ TICK: Final = 0.25
 
 class SchedulerStuck(DuroError):
     """The run did not finish within its step budget (a liveness bug, or a too-small budget)."""
+
+
+async def settle() -> None:
+    """Run the loop until every task waits on something only the scheduler can give."""
+    loop = asyncio.get_running_loop()
+    ready = getattr(loop, "_ready", None)
+    for i in range(100_000):
+        await asyncio.sleep(0)
+        if ready is not None and not ready:
+            return
+        if ready is None and i > 64:
+            return
 
 
 class Chooser(Protocol):
@@ -263,15 +276,7 @@ class Scheduler:
     # -- the loop -------------------------------------------------------------------------------
 
     async def _settle(self) -> None:
-        """Run the loop until every task waits on something only the scheduler can give."""
-        loop = asyncio.get_running_loop()
-        ready = getattr(loop, "_ready", None)
-        for _ in range(100_000):
-            await asyncio.sleep(0)
-            if ready is not None and not ready:
-                return
-            if ready is None and _ > 64:
-                return
+        await settle()
 
     def _options(self, with_clients: bool) -> list[tuple[str, Any]]:
         opts: list[tuple[str, Any]] = []
