@@ -53,10 +53,9 @@ from duro.consistency.freerun import LEASE_TTL, final_reads
 from duro.consistency.history import Recorder
 from duro.consistency.mutants import get_mutant
 from duro.consistency.scheduler import RunResult
-from duro.consistency.target import HTTP_ARGS, NAMESPACE
+from duro.consistency.target import HTTP_ARGS, NAMESPACE, object_id, object_path
 from duro.consistency.workloads import ClientPlan, OpSpec, Program, run_client
 from duro.errors import ConfigError
-from duro.ids import id_from_name
 
 __all__ = ["APP_TARGET", "SERVERS", "HTTPUnavailable", "HttpRunResult", "LostConnection",
            "absolute_url", "run_http"]
@@ -205,7 +204,7 @@ def _caller(plan: ClientPlan, servers: list[_Server], http: httpx.AsyncClient,
         traffic.sent[server.tag] += 1
         body = dict(zip(HTTP_ARGS[method], args, strict=True))
         try:
-            r = await http.post(f"{server.base}/{NAMESPACE}/name/{obj}/{method}", json=body)
+            r = await http.post(f"{server.base}/{NAMESPACE}/{object_path(obj)}/{method}", json=body)
         except httpx.TimeoutException as exc:
             traffic.statuses[type(exc).__name__] += 1
             raise TimeoutError(f"{method} to {server.tag}: {exc!r}") from exc
@@ -230,7 +229,7 @@ def _caller(plan: ClientPlan, servers: list[_Server], http: httpx.AsyncClient,
 def _owner(backend: Backend, program: Program, servers: list[_Server]) -> _Server | None:
     by_address = {s.address: s for s in servers if s.alive}
     for obj in program.objects:
-        lease = backend.read_lease(ObjectRef(NAMESPACE, id_from_name(NAMESPACE, obj).hex))
+        lease = backend.read_lease(ObjectRef(NAMESPACE, object_id(obj).hex))
         if lease is not None and lease.address in by_address:
             return by_address[lease.address]
     return None
@@ -299,14 +298,14 @@ async def _take_over(program: Program, backend: Backend, victim: _Server,
     owned: list[tuple[int, str]] = []
     for j, obj in enumerate(program.objects):
         lease = await asyncio.to_thread(
-            backend.read_lease, ObjectRef(NAMESPACE, id_from_name(NAMESPACE, obj).hex))
+            backend.read_lease, ObjectRef(NAMESPACE, object_id(obj).hex))
         if lease is None or lease.address != victim.address:
             continue
         ops = [OpSpec("put", k) for k in picks] + [OpSpec("get", k) for k in picks]
         plan = ClientPlan(TAKEOVER_CLIENT + index * 100 + j, obj, 0, ops)
         owned.append((j, obj))
         clients.append(run_client(plan, _caller(plan, others, http, _Traffic()), rec,
-                                  id_from_name(NAMESPACE, obj).hex,
+                                  object_id(obj).hex,
                                   new_process=rec.new_process))
     if not clients:
         return []
@@ -321,7 +320,7 @@ async def _take_over(program: Program, backend: Backend, victim: _Server,
             one = ClientPlan(plan.client + 10 * k, obj, 0, [plan.ops[k]])
             probes.append(asyncio.ensure_future(run_client(
                 one, _caller(one, [victim], http, _Traffic(), stopped_too=True), rec,
-                id_from_name(NAMESPACE, obj).hex, new_process=rec.new_process)))
+                object_id(obj).hex, new_process=rec.new_process)))
     await asyncio.sleep(0.05)  # the requests reach the stopped process's sockets
     return probes
 
@@ -374,7 +373,7 @@ def _run(program: Program, url: str, backend: Backend, *, faults: frozenset[str]
             try:
                 await asyncio.gather(*(
                     run_client(p, _caller(p, servers, http, traffic), rec,
-                               id_from_name(NAMESPACE, p.object).hex,
+                               object_id(p.object).hex,
                                new_process=rec.new_process) for p in program.clients))
             finally:
                 done.set()

@@ -23,6 +23,7 @@ Both return a :class:`ProbeResult`; the runner of ``duro check`` runs them every
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import random
@@ -39,11 +40,10 @@ from duro.consistency.checker import CheckResult, check_history
 from duro.consistency.faults import AcquireLog, bound_infos
 from duro.consistency.history import History, Recorder
 from duro.consistency.scheduler import DRIFT, LEASE_TTL, TICK, SchedulerStuck, SimApp, settle
-from duro.consistency.target import KV, NAMESPACE
+from duro.consistency.target import KV, NAMESPACE, object_id
 from duro.errors import DuroError
-from duro.ids import id_from_name
 
-__all__ = ["ProbeResult", "crash_probe", "fencing_probe"]
+__all__ = ["ProbeResult", "crash_probe", "fencing_probe", "wipe_names"]
 
 CRASH_KEYS: Final = 8
 CRASH_VALUE_BYTES: Final = 600
@@ -104,13 +104,13 @@ class _Driver:
               args: tuple[Any, ...], *, stale: bool = False) -> asyncio.Task[None]:
         """Start a recorded op. *stale*: its turn runs under an epoch that a takeover will
         replace, so if it fails its writes can land only before that takeover."""
-        oid = id_from_name(NAMESPACE, obj).hex
+        oid = object_id(obj).hex
         h = self.rec.invoke(self.rec.new_process(), f, oid, key, value)  # type: ignore[arg-type]
         invoked = self.step
 
         async def run() -> None:
             try:
-                result = await getattr(app.namespace(KV).get_by_name(obj), f)(*args)
+                result = await getattr(app.namespace(KV).get(object_id(obj)), f)(*args)
             except DuroError as exc:
                 bound = self.takeover_after(oid, invoked) if stale else None
                 if bound is None:
@@ -180,6 +180,22 @@ async def _fencing(backend: Backend, objects: list[str],
     return bound_infos(d.rec.history(), d.acquires, end=end), counts
 
 
+def wipe_names(backend: Backend, names: list[str]) -> None:
+    """Delete whatever an earlier run left under these workload object names."""
+    for obj in names:
+        ref = ObjectRef(NAMESPACE, object_id(obj).hex)
+        if backend.read_lease(ref) is None:
+            continue
+        try:
+            lease = backend.acquire(ref, owner="duro-check", address=None, now=time.time(),
+                                    until=time.time() + 5)
+        except LeaseHeld:  # our own test namespace: a leftover lease of a dead run
+            lease = backend.acquire(ref, owner="duro-check", address=None, now=math.inf,
+                                    until=time.time() + 5)
+        backend.delete_object(ref, lease.epoch)
+        backend.release(ref, lease.epoch)
+
+
 def fencing_probe(backend: Backend, *, seed: int = 0, objects: int = 2,
                   reopen: Callable[[], Backend] | None = None) -> ProbeResult:
     """Take objects over from a paused owner, then let the stale owner commit (module doc).
@@ -189,7 +205,16 @@ def fencing_probe(backend: Backend, *, seed: int = 0, objects: int = 2,
     Deterministic: the same backend behaviour gives the same history.
     """
     names = [f"fence{seed}-obj{i}" for i in range(objects)]
+    wipe_names(backend, names)
     hist, counts = asyncio.run(_fencing(backend, names, reopen))
+    if reopen is not None:
+        again = reopen()
+        try:
+            wipe_names(again, names)
+        finally:
+            again.close()
+    else:
+        wipe_names(backend, names)
     result = check_history(hist, timeout=30.0)
     if result.verdict == "ok":
         return ProbeResult("fencing", True, f"{counts['takeovers']} takeovers from a paused "
@@ -282,10 +307,8 @@ def _one_crash(opener: Callable[[], Backend], ref: ObjectRef, rng: random.Random
                 os.kill(pid, signal.SIGKILL)
                 break
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         os.waitpid(pid, 0)
         # read what the child wrote before it died: its acks count
         while True:
@@ -318,7 +341,7 @@ def crash_probe(opener: Callable[[], Backend], *, seed: int = 0, rounds: int = 8
     rng = random.Random(seed)
     counts = {"kills": 0, "batches": 0, "acknowledged": 0}
     for rnd in range(rounds):
-        ref = ObjectRef(NAMESPACE, id_from_name(NAMESPACE, f"crash{seed}-r{rnd}").hex)
+        ref = ObjectRef(NAMESPACE, object_id(f"crash{seed}-r{rnd}").hex)
         complaint, acked, started = _one_crash(opener, ref, rng, timeout)
         backend = opener()
         try:

@@ -22,33 +22,41 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import random
 import statistics
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from duro.backends import Backend, LeaseHeld, ObjectRef, open_backend
+from duro.backends import Backend, open_backend
+from duro.backends._proxy import CountingBackend
 from duro.consistency.checker import CheckResult, check_history
 from duro.consistency.faults import parse_faults
 from duro.consistency.freerun import run_free
 from duro.consistency.history import History
-from duro.consistency.http_mode import HttpRunResult, run_http
+from duro.consistency.http_mode import HttpRunResult, absolute_url, run_http
 from duro.consistency.mutants import get_mutant
+from duro.consistency.probes import ProbeResult, crash_probe, fencing_probe, wipe_names
 from duro.consistency.scheduler import RandomChooser, RunResult, run_deterministic
-from duro.consistency.target import NAMESPACE
-from duro.consistency.workloads import Program, random_program
-from duro.ids import id_from_name
+from duro.consistency.workloads import BIG_KEYS, Program, random_program
+from duro.storage import StorageLimits
 
 __all__ = [
     "CHECK_TIME_LIMIT",
+    "DEFAULT_FAULTS",
+    "DEPTHS",
     "MODES",
     "CheckSummary",
     "Counts",
+    "Depth",
+    "Shape",
+    "history_shape",
     "overlap",
     "run_check",
     "scale_counts",
@@ -72,6 +80,17 @@ class CheckSummary:
     objects: int = 0
     median_overlap: float = 0.0
     faults: dict[str, int] = field(default_factory=lambda: {"kill": 0, "pause": 0, "errors": 0})
+    """Faults injected, by kind: ``kill`` (kill -9 of an owner), ``pause`` (zombie owner),
+    ``errors`` (backend errors), ``evict`` (an object evicted between ops), ``reopen`` (the
+    backend closed and reopened before the final reads), ``takeover`` (the fencing probe's
+    takeovers from a paused owner), ``kill-mid-commit`` (the crash probe's kills)."""
+    depth: str = "default"
+    probes: dict[str, str] = field(default_factory=dict)
+    """Probe name (``fencing``, ``crash``) → ``ok``, ``FAILED`` or ``skipped: why``."""
+    shapes: dict[str, int] = field(default_factory=dict)
+    """Histories per shape (``large-keys``, ``many-objects``, ``small-keys``)."""
+    backend_methods: dict[str, int] = field(default_factory=dict)
+    """Backend calls made in this process, by method name."""
     backend_calls: int = 0
     fault_runs: int = 0
     kill_runs: int = 0
@@ -107,14 +126,23 @@ class CheckSummary:
                  else str(self.seeds[0]) if self.seeds else "-")
         return [
             ("verdict", self.verdict),
-            ("backend", self.backend + (f"  (mutant {self.mutant})" if self.mutant else "")),
+            ("backend", self.backend + (f"  (mutant {self.mutant})" if self.mutant else "")
+                        + f"  depth {self.depth}"),
             ("histories", f"{self.histories} ({self.deterministic} deterministic, "
                           f"{self.free_running} free-running)"),
             ("ops checked", str(self.ops)),
             ("objects", str(self.objects)),
             ("median overlap", f"{self.median_overlap:.1f} ops in flight per object"),
             ("faults", f"kill -9 {f['kill']}, pause {f['pause']}, errors {f['errors']} "
-                       f"({err_rate:.1%} of backend calls)"),
+                       f"({err_rate:.1%} of backend calls)"
+                       + "".join(f", {k} {v}" for k, v in f.items()
+                                 if k not in ("kill", "pause", "errors"))),
+            *([("probes", ", ".join(f"{k} {v}" for k, v in self.probes.items()))]
+              if self.probes else []),
+            *([("shapes", ", ".join(f"{k} {v}" for k, v in self.shapes.items()))]
+              if self.shapes else []),
+            *([("backend calls", ", ".join(f"{k} {v}" for k, v in self.backend_methods.items()))]
+              if self.backend_methods else []),
             ("fault runs", f"{self.fault_runs} ({self.kill_runs} with kill -9)"),
             *([("http requests", f"{self.http_requests} ({self.http_forwarded} forwarded, "
                                  f"{self.http_forwarded / self.http_requests:.0%})")]
@@ -209,18 +237,7 @@ def overlap(history: History) -> float:
 
 def wipe_objects(backend: Backend, program: Program) -> None:
     """Delete whatever an earlier run left under this program's object names."""
-    for obj in program.objects:
-        ref = ObjectRef(NAMESPACE, id_from_name(NAMESPACE, obj).hex)
-        if backend.read_lease(ref) is None:
-            continue
-        try:
-            lease = backend.acquire(ref, owner="duro-check", address=None, now=time.time(),
-                                    until=time.time() + 5)
-        except LeaseHeld:  # our own test namespace: a leftover lease of a dead run
-            lease = backend.acquire(ref, owner="duro-check", address=None, now=math.inf,
-                                    until=time.time() + 5)
-        backend.delete_object(ref, lease.epoch)
-        backend.release(ref, lease.epoch)
+    wipe_names(backend, program.objects)
 
 
 def _mode_for(i: int, mode: str, backend: Backend, faults: frozenset[str], processes: int) -> str:
@@ -233,89 +250,205 @@ def _mode_for(i: int, mode: str, backend: Backend, faults: frozenset[str], proce
     return "tasks" if i % 8 == 3 else "threads"
 
 
+@dataclass(frozen=True)
+class Depth:
+    """How much a run does at one depth (``quick``, ``default``, ``thorough``)."""
+
+    histories: int
+    crash_rounds: int
+    fence_objects: int
+
+
+DEPTHS: Final = {"quick": Depth(8, 6, 1), "default": Depth(20, 12, 2),
+                 "thorough": Depth(60, 32, 4)}
+DEFAULT_FAULTS: Final = frozenset({"kill", "pause", "errors"})
+CACHE_ENTRIES: Final = (2, 6, 24, 100_000)
+PRELOAD_KEYS: Final = (1, 4, 32, 256)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The kind of one history: key set, objects, clients, storage limits."""
+
+    big: int
+    objects: int
+    shared_ids: int
+    clients: int
+    limits: StorageLimits
+
+    @property
+    def name(self) -> str:
+        """``large-keys``, ``many-objects`` or ``small-keys``."""
+        return ("large-keys" if self.big else "many-objects" if self.shared_ids
+                else "small-keys")
+
+
+def history_shape(i: int, seed: int, objects: int, clients: int) -> Shape:
+    """History *i*'s shape: a large key set (beyond the activation scan), many objects with
+    IDs sharing long prefixes, or the small contended set; a small cache or activation scan
+    from the seed, so reads reach the backend."""
+    rng = random.Random(seed * 7919 + 17)
+    limits = StorageLimits(cache_entries=CACHE_ENTRIES[rng.randrange(len(CACHE_ENTRIES))],
+                           preload_keys=PRELOAD_KEYS[rng.randrange(len(PRELOAD_KEYS))])
+    kind = i % 4
+    if kind == 0:
+        return Shape(BIG_KEYS, objects, 0, clients, limits)
+    if kind == 1:
+        return Shape(0, max(objects, 4), 6, min(clients, 2), limits)
+    return Shape(0, objects, 0, clients, limits)
+
+
+def _counting(url: str, calls: Counter[str]) -> Backend:
+    b = CountingBackend(open_backend(url))
+    b.calls = calls
+    return b
+
+
+def _probes(url: str, seed: int, depth: Depth, calls: Counter[str],
+            summary: CheckSummary) -> ProbeResult | None:
+    """Run the fencing and crash probes; the first that failed, or None."""
+    def opener() -> Backend:
+        return _counting(url, calls)
+
+    first = opener()
+    persistent, shared = first.persistent, first.multi_process
+    fence = fencing_probe(first, seed=seed, objects=depth.fence_objects,
+                          reopen=opener if persistent else None)
+    first.close()
+    summary.probes["fencing"] = "ok" if fence.ok else "FAILED"
+    summary.faults["takeover"] = summary.faults.get("takeover", 0) + fence.counts["takeovers"]
+    if not fence.ok:
+        return fence
+    if not (persistent and shared):
+        summary.probes["crash"] = "skipped: the backend is not shared between processes"
+        return None
+    crash = crash_probe(opener, seed=seed, rounds=depth.crash_rounds)
+    summary.probes["crash"] = "ok" if crash.ok else "FAILED"
+    summary.faults["kill-mid-commit"] = crash.counts.get("kills", 0)
+    return None if crash.ok else crash
+
+
 def run_check(backend_url: str, seed: int = 0, ops: int = 200, objects: int = 2,
               clients: int = 4, processes: int = 2, faults: str | frozenset[str] | None = None,
               mutant: str | None = None, history_out: str | Path | None = None,
-              report: str | Path | None = None, *, histories: int = 20, mode: str = "mixed",
-              error_rate: float = 0.03, console: Console | None = None,
-              progress: bool = True) -> CheckSummary:
-    """Run *histories* histories against *backend_url* and check each (module docstring).
+              report: str | Path | None = None, *, histories: int | None = None,
+              mode: str = "mixed", error_rate: float = 0.03, console: Console | None = None,
+              progress: bool = True,
+              depth: Literal["quick", "default", "thorough"] = "default") -> CheckSummary:
+    """Run the linearizability stage against *backend_url* (module docstring).
 
     *ops* per history, *objects* per history, *clients* per object (≤ 8), *processes* Apps or
-    OS processes, *faults* ⊆ ``kill,pause,errors``, *mutant* a name from
-    :data:`duro.consistency.mutants.MUTANTS`. *history_out* receives the first failing history
-    (else the last one); *report* the summary (``.json``) or an HTML report of that history.
-    Raises ``ValueError``/``ConfigError`` for bad settings (the CLI's exit 2).
+    OS processes, *faults* ⊆ ``kill,pause,errors`` (None: all three; ``"none"``: none),
+    *mutant* a name from :data:`duro.consistency.mutants.MUTANTS`. *depth* sets the number of
+    histories (unless *histories* is given) and the probes' rounds. *history_out* receives the
+    first failing history (else the last one); *report* the summary (``.json``) or an HTML
+    report of that history. Raises ``ValueError``/``ConfigError`` for bad settings (the
+    CLI's exit 2).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
-    fault_set = parse_faults(faults)
+    if depth not in DEPTHS:
+        raise ValueError(f"unknown depth {depth!r}; known: {', '.join(DEPTHS)}")
+    prof = DEPTHS[depth]
+    fault_set = DEFAULT_FAULTS if faults is None else parse_faults(faults)
     m = get_mutant(mutant)
     if m is not None:
         fault_set |= m.faults
         processes = max(processes, m.processes)
-    if histories < 1:
+    n_histories = prof.histories if histories is None else histories
+    if n_histories < 1:
         raise ValueError("histories must be at least 1")
+    if mode == "http":
+        backend_url = absolute_url(backend_url)  # the servers run elsewhere
     console = console or Console(stderr=True)
-    summary = CheckSummary(backend_url, mutant=mutant)
+    summary = CheckSummary(backend_url, mutant=mutant, depth=depth)
     overlaps: list[float] = []
     check_times: list[float] = []
     kept: tuple[History, CheckResult] | None = None
+    calls: Counter[str] = Counter()
     t0 = time.monotonic()
-    backend = open_backend(backend_url)
+    probe = open_backend(backend_url)
+    shared, persistent = probe.multi_process, probe.persistent
+    probe.close()
+    if m is None and (fault_set & {"kill", "pause"}) and not shared and mode == "processes":
+        raise ValueError("kill and pause in processes mode need a backend shared between "
+                         f"processes; {backend_url} is not")
+    with Progress(TextColumn("[bold]duro check[/bold] {task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                  disable=not progress, transient=True) as bar:
+        task = bar.add_task(backend_url, total=n_histories + 1)
+        failed = None if m is not None else _probes(backend_url, seed, prof, calls, summary)
+        bar.advance(task)
+        if failed is not None:
+            summary.anomalies += 1
+            summary.failing_mode = f"{failed.name} probe"
+            summary.explanation = f"{failed.name} probe failed: {failed.message}"
+            if failed.history is not None and failed.check is not None:
+                kept = (failed.history, failed.check)
+        for i in range(n_histories if failed is None else 0):
+            s = seed + i
+            b = _counting(backend_url, calls)
+            try:
+                hmode = _mode_for(i, mode, b, fault_set, processes)
+                shape = history_shape(i, s, objects, clients)
+                program = random_program(s, objects=shape.objects, clients=shape.clients,
+                                         ops=ops, processes=processes, prefix=f"s{s}-",
+                                         rich=True, big=shape.big if hmode != "http" else 0,
+                                         shared_ids=shape.shared_ids)
+                wipe_objects(b, program)
+                reopen = ((lambda: _counting(backend_url, calls))
+                          if persistent and hmode == "deterministic" else None)
+                run = _run_one(program, backend_url, b, hmode, fault_set, s,
+                               m.name if m else None, processes, error_rate, shape.limits,
+                               reopen)
+            finally:
+                b.close()
+            result = check_history(run.history, timeout=CHECK_TIME_LIMIT)
+            summary.histories += 1
+            summary.seeds.append(s)
+            summary.shapes[shape.name] = summary.shapes.get(shape.name, 0) + 1
+            if hmode == "deterministic":
+                summary.deterministic += 1
+            else:
+                summary.free_running += 1
+            summary.ops += result.ops
+            summary.objects += result.objects
+            summary.infos += sum(1 for op in run.history.ops() if op.outcome == "info")
+            for k, v in run.faults.items():
+                summary.faults[k] = summary.faults.get(k, 0) + v
+            summary.backend_calls += run.backend_calls
+            if any(run.faults.get(k) for k in ("kill", "pause", "errors")):
+                summary.fault_runs += 1
+            summary.kill_runs += bool(run.faults.get("kill"))
+            summary.hung += run.hung
+            if isinstance(run, HttpRunResult):
+                summary.http_requests += run.requests
+                summary.http_forwarded += run.forwarded
+            summary.simulated_seconds += run.simulated_seconds
+            overlaps.append(overlap(run.history))
+            check_times.append(result.seconds)
+            bad = result.verdict == "anomaly" or run.hung > 0
+            if result.verdict == "unknown" or result.seconds > CHECK_TIME_LIMIT:
+                summary.unknowns += 1
+            kept = (run.history, result)
+            bar.advance(task)
+            if bad:
+                summary.anomalies += 1
+                summary.failing_seed, summary.failing_mode = s, hmode
+                summary.explanation = result.explain() if result.anomalies else (
+                    f"{run.hung} op(s) never answered: a liveness failure")
+                break
+    cleanup = open_backend(backend_url)
     try:
-        if m is None and (fault_set & {"kill", "pause"}) and not backend.multi_process \
-                and mode == "processes":
-            raise ValueError("kill and pause in processes mode need a backend shared between "
-                             f"processes; {backend_url} is not")
-        with Progress(TextColumn("[bold]duro check[/bold] {task.description}"), BarColumn(),
-                      MofNCompleteColumn(), TimeElapsedColumn(), console=console,
-                      disable=not progress, transient=True) as bar:
-            task = bar.add_task(backend_url, total=histories)
-            for i in range(histories):
-                s = seed + i
-                hmode = _mode_for(i, mode, backend, fault_set, processes)
-                program = random_program(s, objects=objects, clients=clients, ops=ops,
-                                         processes=processes, prefix=f"s{s}-")
-                wipe_objects(backend, program)
-                run = _run_one(program, backend_url, backend, hmode, fault_set, s,
-                               m.name if m else None, processes, error_rate)
-                result = check_history(run.history, timeout=CHECK_TIME_LIMIT)
-                summary.histories += 1
-                summary.seeds.append(s)
-                if hmode == "deterministic":
-                    summary.deterministic += 1
-                else:
-                    summary.free_running += 1
-                summary.ops += result.ops
-                summary.objects += result.objects
-                summary.infos += sum(1 for op in run.history.ops() if op.outcome == "info")
-                for k, v in run.faults.items():
-                    summary.faults[k] = summary.faults.get(k, 0) + v
-                summary.backend_calls += run.backend_calls
-                if any(run.faults.values()):
-                    summary.fault_runs += 1
-                summary.kill_runs += bool(run.faults.get("kill"))
-                summary.hung += run.hung
-                if isinstance(run, HttpRunResult):
-                    summary.http_requests += run.requests
-                    summary.http_forwarded += run.forwarded
-                summary.simulated_seconds += run.simulated_seconds
-                overlaps.append(overlap(run.history))
-                check_times.append(result.seconds)
-                bad = result.verdict == "anomaly" or run.hung > 0
-                if result.verdict == "unknown" or result.seconds > CHECK_TIME_LIMIT:
-                    summary.unknowns += 1
-                kept = (run.history, result)
-                bar.advance(task)
-                if bad:
-                    summary.anomalies += 1
-                    summary.failing_seed, summary.failing_mode = s, hmode
-                    summary.explanation = result.explain() if result.anomalies else (
-                        f"{run.hung} op(s) never answered: a liveness failure")
-                    break
+        for s in summary.seeds:  # leave nothing behind
+            i = s - seed
+            shape = history_shape(i, s, objects, clients)
+            wipe_objects(cleanup, random_program(
+                s, objects=shape.objects, clients=1, ops=1, prefix=f"s{s}-", rich=True,
+                shared_ids=shape.shared_ids))
     finally:
-        backend.close()
+        cleanup.close()
+    summary.backend_methods = dict(sorted(calls.items()))
     summary.seconds = time.monotonic() - t0
     summary.median_overlap = float(statistics.median(overlaps)) if overlaps else 0.0
     if check_times:
@@ -331,13 +464,16 @@ def run_check(backend_url: str, seed: int = 0, ops: int = 200, objects: int = 2,
 
 
 def _run_one(program: Program, url: str, backend: Backend, mode: str, faults: frozenset[str],
-             seed: int, mutant: str | None, processes: int, error_rate: float) -> RunResult:
+             seed: int, mutant: str | None, processes: int, error_rate: float,
+             limits: StorageLimits | None = None,
+             reopen: Callable[[], Backend] | None = None) -> RunResult:
     m = get_mutant(mutant)
     if mode == "deterministic":
         return run_deterministic(program, backend, RandomChooser(seed), processes=processes,
                                  faults=faults, error_rate=error_rate, seed=seed,
                                  unsafe=m.unsafe if m else frozenset(),
-                                 wrap=m.wrap if m else None)
+                                 wrap=m.wrap if m else None, limits=limits, evict=True,
+                                 reopen=reopen)
     if mode == "http":
         return run_http(program, url, faults=faults, error_rate=error_rate, seed=seed,
                         mutant=mutant, backend=backend, servers=max(2, processes))

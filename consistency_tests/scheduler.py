@@ -39,10 +39,11 @@ from duro.backends.base import Backend
 from duro.clock import ManualClock
 from duro.consistency.faults import AcquireLog, FaultyBackend, bound_infos
 from duro.consistency.history import History, OpHandle, Recorder
-from duro.consistency.target import KV
-from duro.consistency.workloads import ClientPlan, Program, run_client
+from duro.consistency.target import KV, object_id
+from duro.consistency.workloads import ClientPlan, Program, read_back, run_client
 from duro.errors import DuroError
 from duro.namespace import Namespace
+from duro.storage import StorageLimits
 
 __all__ = [
     "Chooser",
@@ -202,7 +203,8 @@ class Scheduler:
                  processes: int = 2, faults: frozenset[str] = frozenset(),
                  error_rate: float = 0.03, seed: int = 0, unsafe: frozenset[str] = frozenset(),
                  wrap: Callable[[Backend], Backend] | None = None,
-                 max_faults: int = 2) -> None:
+                 max_faults: int = 2, limits: StorageLimits | None = None,
+                 evict: bool = False, reopen: Callable[[], Backend] | None = None) -> None:
         self.program = program
         self.backend = backend
         self.chooser = chooser
@@ -213,12 +215,18 @@ class Scheduler:
         self.unsafe = unsafe
         self.wrap = wrap
         self.max_faults = max_faults
+        self.limits = limits or StorageLimits()
+        self.evict = evict
+        self.reopen = reopen
+        self._reopened: Backend | None = None
+        self._evicting: list[asyncio.Future[None]] = []
         self.step = 0
         self.clock = ManualClock()
         self.rec = Recorder(clock=lambda: self.step)
         self.acquires: list[tuple[int, str, int]] = []
         self.killed: dict[int, int] = {}
-        self.injected: dict[str, int] = {"kill": 0, "pause": 0, "errors": 0}
+        self.injected: dict[str, int] = {"kill": 0, "pause": 0, "errors": 0, "evict": 0,
+                                         "reopen": 0}
         self.nodes: list[_Node] = []
         self.clients: list[_Client] = []
         self._faulty: list[FaultyBackend] = []
@@ -246,7 +254,8 @@ class Scheduler:
         logged = AcquireLog(inner, lambda: self.step, self._log)
         app = SimApp(logged, listen=None, clock=self.clock, lease_ttl=LEASE_TTL,
                      drift_margin=DRIFT, idle_timeout=IDLE, alarm_poll_interval=1.0,
-                     call_timeout=1e6, unsafe=self.unsafe if mutant else frozenset())
+                     call_timeout=1e6, unsafe=self.unsafe if mutant else frozenset(),
+                     storage_limits=self.limits)
         await app.start()
         node = _Node(app, app.namespace(KV), fb)
         return node
@@ -258,7 +267,7 @@ class Scheduler:
         ns = node.ns
 
         async def call(obj: str, method: str, args: tuple[Any, ...]) -> Any:
-            return await getattr(ns.get_by_name(obj), method)(*args)
+            return await getattr(ns.get(object_id(obj)), method)(*args)
 
         async def gate() -> None:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -268,7 +277,7 @@ class Scheduler:
         def on_open(i: int, h: OpHandle | None) -> None:
             c.next_op, c.handle = (i, h) if h is not None else (i, None)
 
-        oid = str(ns.id_from_name(c.plan.object))
+        oid = str(object_id(c.plan.object))
         c.task = asyncio.ensure_future(run_client(
             c.plan, call, self.rec, oid, new_process=self.rec.new_process, gate=gate,
             on_open=on_open, start=c.next_op))
@@ -315,6 +324,15 @@ class Scheduler:
             kind = faults[self.chooser.choose(len(faults))]
             await (self._pause() if kind == "pause" else self._kill())
             return
+        # About one eviction per 25 steps: the next op re-activates the object from storage.
+        if self.evict and with_clients and self.chooser.choose(25) == 24:
+            idle = [i for n in self.nodes if not n.dead and not self._paused(n)
+                    for i in n.ns._instances.values() if i.accepting and i.idle]
+            if idle:
+                inst = idle[self.chooser.choose(len(idle))]
+                self._evicting.append(asyncio.ensure_future(inst.evict()))
+                self.injected["evict"] += 1
+                return
         opts = self._options(with_clients)
         kind, what = opts[self.chooser.choose(len(opts))]
         if kind == "go":
@@ -395,26 +413,20 @@ class Scheduler:
             t.result()
 
     async def _final_reads(self) -> None:
-        """A fresh App reads every key and lists every prefix of every object."""
+        """A fresh App reads every key back, on a reopened backend if *reopen* was given."""
+        if self.reopen is not None:
+            fresh = self.reopen()
+            self.backend.close()
+            self.backend = fresh
+            self._reopened = fresh
+            self.injected["reopen"] += 1
         node = await self._new_node(faulty=False, mutant=False)
         self.nodes.append(node)
-        keys = self.program.keys()
 
-        async def read_all() -> None:
-            for obj in self.program.objects:
-                stub = node.ns.get_by_name(obj)
-                oid = str(stub.id)
-                for k in keys:
-                    p = self.rec.new_process()
-                    with self.rec.op(p, "get", oid, k) as h:
-                        h.ok(await stub.get(k))
-                for prefix in sorted({k.split("/")[0] + "/" for k in keys}):
-                    p = self.rec.new_process()
-                    bounds = {"prefix": prefix}
-                    with self.rec.op(p, "list", oid, None, bounds) as h:
-                        h.ok(await stub.list(bounds))
+        async def call(obj: str, method: str, args: tuple[Any, ...]) -> Any:
+            return await getattr(node.ns.get(object_id(obj)), method)(*args)
 
-        task = asyncio.ensure_future(read_all())
+        task = asyncio.ensure_future(read_back(self.program, call, self.rec))
         await self._drive_until(task.done, with_clients=False)
         task.result()
         closing = asyncio.ensure_future(node.app.close())
@@ -447,6 +459,8 @@ class Scheduler:
             for t in rest:
                 t.cancel()
             await asyncio.gather(*rest, return_exceptions=True)
+            if self._reopened is not None:
+                self._reopened.close()
         hist = bound_infos(self.rec.history(), self.acquires,
                            end=end, killed=self.killed)
         self.injected["errors"] = sum(f.total_injected for f in self._faulty)
