@@ -91,6 +91,8 @@ class CheckSummary:
     """Histories per shape (``large-keys``, ``many-objects``, ``small-keys``)."""
     backend_methods: dict[str, int] = field(default_factory=dict)
     """Backend calls made in this process, by method name."""
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time by phase: ``probes``, ``deterministic``, ``free-running``, ``check``."""
     backend_calls: int = 0
     fault_runs: int = 0
     kill_runs: int = 0
@@ -154,6 +156,9 @@ class CheckSummary:
             ("check time", f"p50 {self.check_p50_ms:.1f} ms, p99 {self.check_p99_ms:.1f} ms, "
                            f"max {self.check_max_s:.2f} s (limit {CHECK_TIME_LIMIT:.0f} s)"),
             ("wall time", f"{self.seconds:.1f} s"
+                          + (" (" + ", ".join(f"{k} {v:.1f} s"
+                                              for k, v in self.phase_seconds.items()) + ")"
+                             if self.phase_seconds else "")
                           + (f" (simulated {self.simulated_seconds:.0f} s of lease time)"
                              if self.simulated_seconds else "")),
             ("seeds", seeds + (f"; failing seed {self.failing_seed} ({self.failing_mode})"
@@ -240,12 +245,16 @@ def wipe_objects(backend: Backend, program: Program) -> None:
     wipe_names(backend, program.objects)
 
 
-def _mode_for(i: int, mode: str, backend: Backend, faults: frozenset[str], processes: int) -> str:
+def _mode_for(i: int, mode: str, backend: Backend, faults: frozenset[str], processes: int,
+              os_processes: int | None = None) -> str:
+    """History *i*'s mode. In ``mixed`` mode every fourth history runs free; the first
+    *os_processes* of those (all if None) in OS processes when kill or pause is asked for."""
     if mode != "mixed":
         return mode
     if i % 4 != 3:
         return "deterministic"
-    if faults & {"kill", "pause"} and backend.multi_process and processes > 1:
+    if (faults & {"kill", "pause"} and backend.multi_process and processes > 1
+            and (os_processes is None or i // 4 < os_processes)):
         return "processes"
     return "tasks" if i % 8 == 3 else "threads"
 
@@ -257,10 +266,12 @@ class Depth:
     histories: int
     crash_rounds: int
     fence_objects: int
+    os_processes: int | None
+    """Free-running histories run in OS processes (``mixed`` mode; None: all of them)."""
 
 
-DEPTHS: Final = {"quick": Depth(8, 6, 1), "default": Depth(20, 12, 2),
-                 "thorough": Depth(60, 32, 4)}
+DEPTHS: Final = {"quick": Depth(8, 6, 1, 0), "default": Depth(16, 12, 2, 1),
+                 "thorough": Depth(60, 32, 4, None)}
 DEFAULT_FAULTS: Final = frozenset({"kill", "pause", "errors"})
 CACHE_ENTRIES: Final = (2, 6, 24, 100_000)
 PRELOAD_KEYS: Final = (1, 4, 32, 256)
@@ -296,6 +307,10 @@ def history_shape(i: int, seed: int, objects: int, clients: int) -> Shape:
     if kind == 1:
         return Shape(0, max(objects, 4), 6, min(clients, 2), limits)
     return Shape(0, objects, 0, clients, limits)
+
+
+def _add(d: dict[str, float], k: str, v: float) -> None:
+    d[k] = round(d.get(k, 0.0) + v, 3)
 
 
 def _counting(url: str, calls: Counter[str]) -> Backend:
@@ -377,7 +392,9 @@ def run_check(backend_url: str, seed: int = 0, ops: int = 200, objects: int = 2,
                   MofNCompleteColumn(), TimeElapsedColumn(), console=console,
                   disable=not progress, transient=True) as bar:
         task = bar.add_task(backend_url, total=n_histories + 1)
+        t_phase = time.monotonic()
         failed = None if m is not None else _probes(backend_url, seed, prof, calls, summary)
+        _add(summary.phase_seconds, "probes", time.monotonic() - t_phase)
         bar.advance(task)
         if failed is not None:
             summary.anomalies += 1
@@ -388,8 +405,9 @@ def run_check(backend_url: str, seed: int = 0, ops: int = 200, objects: int = 2,
         for i in range(n_histories if failed is None else 0):
             s = seed + i
             b = _counting(backend_url, calls)
+            t_phase = time.monotonic()
             try:
-                hmode = _mode_for(i, mode, b, fault_set, processes)
+                hmode = _mode_for(i, mode, b, fault_set, processes, prof.os_processes)
                 shape = history_shape(i, s, objects, clients)
                 program = random_program(s, objects=shape.objects, clients=shape.clients,
                                          ops=ops, processes=processes, prefix=f"s{s}-",
@@ -403,7 +421,10 @@ def run_check(backend_url: str, seed: int = 0, ops: int = 200, objects: int = 2,
                                reopen)
             finally:
                 b.close()
+            _add(summary.phase_seconds, "deterministic" if hmode == "deterministic"
+                 else "free-running", time.monotonic() - t_phase)
             result = check_history(run.history, timeout=CHECK_TIME_LIMIT)
+            _add(summary.phase_seconds, "check", result.seconds)
             summary.histories += 1
             summary.seeds.append(s)
             summary.shapes[shape.name] = summary.shapes.get(shape.name, 0) + 1

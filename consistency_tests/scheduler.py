@@ -324,8 +324,8 @@ class Scheduler:
             kind = faults[self.chooser.choose(len(faults))]
             await (self._pause() if kind == "pause" else self._kill())
             return
-        # About one eviction per 25 steps: the next op re-activates the object from storage.
-        if self.evict and with_clients and self.chooser.choose(25) == 24:
+        # About one eviction per 40 steps: the next op re-activates the object from storage.
+        if self.evict and with_clients and self.chooser.choose(40) == 39:
             idle = [i for n in self.nodes if not n.dead and not self._paused(n)
                     for i in n.ns._instances.values() if i.accepting and i.idle]
             if idle:
