@@ -349,13 +349,15 @@ def run_check(backend_url: str, seed: int = 0, ops: int = 200, objects: int = 2,
               report: str | Path | None = None, *, histories: int | None = None,
               mode: str = "mixed", error_rate: float = 0.03, console: Console | None = None,
               progress: bool = True,
-              depth: Literal["quick", "default", "thorough"] = "default") -> CheckSummary:
+              depth: Literal["quick", "default", "thorough"] = "default",
+              probes: bool = True) -> CheckSummary:
     """Run the linearizability stage against *backend_url* (module docstring).
 
     *ops* per history, *objects* per history, *clients* per object (≤ 8), *processes* Apps or
     OS processes, *faults* ⊆ ``kill,pause,errors`` (None: all three; ``"none"``: none),
     *mutant* a name from :data:`duro.consistency.mutants.MUTANTS`. *depth* sets the number of
-    histories (unless *histories* is given) and the probes' rounds. *history_out* receives the
+    histories (unless *histories* is given) and the probes' rounds; *probes* False skips the
+    fencing and crash probes (they also do not run with a *mutant*). *history_out* receives the
     first failing history (else the last one); *report* the summary (``.json``) or an HTML
     report of that history. Raises ``ValueError``/``ConfigError`` for bad settings (the
     CLI's exit 2).
@@ -393,7 +395,8 @@ def run_check(backend_url: str, seed: int = 0, ops: int = 200, objects: int = 2,
                   disable=not progress, transient=True) as bar:
         task = bar.add_task(backend_url, total=n_histories + 1)
         t_phase = time.monotonic()
-        failed = None if m is not None else _probes(backend_url, seed, prof, calls, summary)
+        failed = (_probes(backend_url, seed, prof, calls, summary)
+                  if probes and m is None else None)
         _add(summary.phase_seconds, "probes", time.monotonic() - t_phase)
         bar.advance(task)
         if failed is not None:
