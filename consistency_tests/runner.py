@@ -91,6 +91,8 @@ class CheckSummary:
     """Histories per shape (``large-keys``, ``many-objects``, ``small-keys``)."""
     backend_methods: dict[str, int] = field(default_factory=dict)
     """Backend calls made in this process, by method name."""
+    witness_ops: int | None = None
+    """Ops in the smallest anomaly witness reported (None without an anomaly witness)."""
     phase_seconds: dict[str, float] = field(default_factory=dict)
     """Wall time by phase: ``probes``, ``deterministic``, ``free-running``, ``check``."""
     backend_calls: int = 0
@@ -294,14 +296,14 @@ class Shape:
                 else "small-keys")
 
 
-def history_shape(i: int, seed: int, objects: int, clients: int) -> Shape:
-    """History *i*'s shape: a large key set (beyond the activation scan), many objects with
-    IDs sharing long prefixes, or the small contended set; a small cache or activation scan
-    from the seed, so reads reach the backend."""
+def history_shape(seed: int, objects: int, clients: int) -> Shape:
+    """The shape of the history of *seed* (so ``--seed N --histories 1`` replays it): a large
+    key set (beyond the activation scan), many objects with IDs sharing long prefixes, or the
+    small contended set; and a small cache or activation scan, so reads reach the backend."""
     rng = random.Random(seed * 7919 + 17)
     limits = StorageLimits(cache_entries=CACHE_ENTRIES[rng.randrange(len(CACHE_ENTRIES))],
                            preload_keys=PRELOAD_KEYS[rng.randrange(len(PRELOAD_KEYS))])
-    kind = i % 4
+    kind = seed % 4
     if kind == 0:
         return Shape(BIG_KEYS, objects, 0, clients, limits)
     if kind == 1:
@@ -350,14 +352,16 @@ def run_check(backend_url: str, seed: int = 0, ops: int = 200, objects: int = 2,
               mode: str = "mixed", error_rate: float = 0.03, console: Console | None = None,
               progress: bool = True,
               depth: Literal["quick", "default", "thorough"] = "default",
-              probes: bool = True) -> CheckSummary:
+              probes: bool = True, shrink: bool = True) -> CheckSummary:
     """Run the linearizability stage against *backend_url* (module docstring).
 
     *ops* per history, *objects* per history, *clients* per object (≤ 8), *processes* Apps or
     OS processes, *faults* ⊆ ``kill,pause,errors`` (None: all three; ``"none"``: none),
     *mutant* a name from :data:`duro.consistency.mutants.MUTANTS`. *depth* sets the number of
     histories (unless *histories* is given) and the probes' rounds; *probes* False skips the
-    fencing and crash probes (they also do not run with a *mutant*). *history_out* receives the
+    fencing and crash probes (they also do not run with a *mutant*); *shrink* False keeps
+    the first anomaly's witness as found (else smaller runs look for a witness of at most
+    :data:`WITNESS_GOAL` ops). *history_out* receives the
     first failing history (else the last one); *report* the summary (``.json``) or an HTML
     report of that history. Raises ``ValueError``/``ConfigError`` for bad settings (the
     CLI's exit 2).
@@ -411,7 +415,7 @@ def run_check(backend_url: str, seed: int = 0, ops: int = 200, objects: int = 2,
             t_phase = time.monotonic()
             try:
                 hmode = _mode_for(i, mode, b, fault_set, processes, prof.os_processes)
-                shape = history_shape(i, s, objects, clients)
+                shape = history_shape(s, objects, clients)
                 program = random_program(s, objects=shape.objects, clients=shape.clients,
                                          ops=ops, processes=processes, prefix=f"s{s}-",
                                          rich=True, big=shape.big if hmode != "http" else 0,
@@ -461,12 +465,23 @@ def run_check(backend_url: str, seed: int = 0, ops: int = 200, objects: int = 2,
                 summary.failing_seed, summary.failing_mode = s, hmode
                 summary.explanation = result.explain() if result.anomalies else (
                     f"{run.hung} op(s) never answered: a liveness failure")
+                if result.anomalies and hmode == "deterministic" and shrink:
+                    t_phase = time.monotonic()
+                    smaller = shrink_anomaly(
+                        backend_url, s, result, processes=processes, faults=fault_set,
+                        mutant=m.name if m else None, error_rate=error_rate,
+                        limits=shape.limits, calls=calls)
+                    _add(summary.phase_seconds, "shrink", time.monotonic() - t_phase)
+                    if smaller is not None:
+                        kept = (smaller[0], smaller[1])
+                        summary.explanation = (smaller[2] + "\n" + smaller[1].explain()
+                                               + "\n\nbefore shrinking: " + result.summary())
+                summary.witness_ops = witness_size(_smallest_first(kept[1]))
                 break
     cleanup = open_backend(backend_url)
     try:
         for s in summary.seeds:  # leave nothing behind
-            i = s - seed
-            shape = history_shape(i, s, objects, clients)
+            shape = history_shape(s, objects, clients)
             wipe_objects(cleanup, random_program(
                 s, objects=shape.objects, clients=1, ops=1, prefix=f"s{s}-", rich=True,
                 shared_ids=shape.shared_ids))
@@ -485,6 +500,58 @@ def run_check(backend_url: str, seed: int = 0, ops: int = 200, objects: int = 2,
     if kept is not None:
         _write_outputs(kept, summary, history_out, report)
     return summary
+
+
+SHRINK_TRIES: Final = ((1, 2, 12), (1, 2, 24), (1, 3, 24), (1, 2, 48), (1, 4, 48),
+                       (1, 4, 96), (2, 4, 96))
+"""(objects, clients, ops) of the smaller programs tried after an anomaly, smallest first."""
+SHRINK_SEEDS: Final = 3
+WITNESS_GOAL: Final = 10
+
+
+def witness_size(result: CheckResult) -> int:
+    """Ops in the smallest witness of *result* (a large number if it has none)."""
+    return min((len(a.witness.ops) for a in result.anomalies), default=1 << 30)
+
+
+def _smallest_first(result: CheckResult) -> CheckResult:
+    result.anomalies.sort(key=lambda a: len(a.witness.ops))
+    return result
+
+
+def shrink_anomaly(url: str, seed: int, result: CheckResult, *, processes: int,
+                   faults: frozenset[str], mutant: str | None, error_rate: float,
+                   limits: StorageLimits, calls: Counter[str]
+                   ) -> tuple[History, CheckResult, str] | None:
+    """Look for the same anomaly in smaller deterministic runs (fewer objects, clients, ops;
+    a few seeds derived from *seed*), smallest first, until a witness has at most
+    :data:`WITNESS_GOAL` ops. Returns (history, result, how to get it) of the smallest witness
+    found if it is smaller than *result*'s, else None."""
+    best = witness_size(result)
+    found: tuple[History, CheckResult, str] | None = None
+    for n_obj, n_cli, n_ops in SHRINK_TRIES:
+        if best <= WITNESS_GOAL:
+            break
+        for j in range(SHRINK_SEEDS):
+            s2 = seed * 1_000 + 101 * (j + 1)
+            program = random_program(s2, objects=n_obj, clients=n_cli, ops=n_ops,
+                                     processes=processes, prefix=f"s{s2}-", rich=True)
+            b = _counting(url, calls)
+            try:
+                wipe_objects(b, program)
+                run = _run_one(program, url, b, "deterministic", faults, s2, mutant, processes,
+                               error_rate, limits)
+                wipe_objects(b, program)
+            finally:
+                b.close()
+            r = check_history(run.history, timeout=CHECK_TIME_LIMIT)
+            if r.verdict == "anomaly" and witness_size(r) < best:
+                best = witness_size(r)
+                how = (f"shrunk: the same kind of run with seed {s2}, {n_obj} object(s), "
+                       f"{n_cli} clients, {n_ops} ops")
+                found = (run.history, _smallest_first(r), how)
+                break
+    return found
 
 
 def _run_one(program: Program, url: str, backend: Backend, mode: str, faults: frozenset[str],
