@@ -41,7 +41,7 @@ from duro.consistency.faults import parse_faults
 from duro.consistency.freerun import run_free
 from duro.consistency.history import History
 from duro.consistency.http_mode import HttpRunResult, absolute_url, run_http
-from duro.consistency.mutants import get_mutant
+from duro.consistency.mutants import Mutant, get_mutant
 from duro.consistency.probes import ProbeResult, crash_probe, fencing_probe, wipe_names
 from duro.consistency.scheduler import RandomChooser, RunResult, run_deterministic
 from duro.consistency.workloads import BIG_KEYS, Program, random_program
@@ -322,20 +322,25 @@ def _counting(url: str, calls: Counter[str]) -> Backend:
 
 
 def _probes(url: str, seed: int, depth: Depth, calls: Counter[str],
-            summary: CheckSummary) -> ProbeResult | None:
-    """Run the fencing and crash probes; the first that failed, or None."""
+            summary: CheckSummary, mutant: Mutant | None) -> ProbeResult | None:
+    """Run the fencing and crash probes (only the fencing one for a mutant); the first that
+    failed, or None."""
     def opener() -> Backend:
         return _counting(url, calls)
 
     first = opener()
     persistent, shared = first.persistent, first.multi_process
     fence = fencing_probe(first, seed=seed, objects=depth.fence_objects,
-                          reopen=opener if persistent else None)
+                          reopen=opener if persistent else None,
+                          wrap=mutant.wrap if mutant else None,
+                          unsafe=mutant.unsafe if mutant else frozenset())
     first.close()
     summary.probes["fencing"] = "ok" if fence.ok else "FAILED"
     summary.faults["takeover"] = summary.faults.get("takeover", 0) + fence.counts["takeovers"]
     if not fence.ok:
         return fence
+    if mutant is not None:
+        return None
     if not (persistent and shared):
         summary.probes["crash"] = "skipped: the backend is not shared between processes"
         return None
@@ -399,16 +404,16 @@ def run_check(backend_url: str, seed: int = 0, ops: int = 200, objects: int = 2,
                   disable=not progress, transient=True) as bar:
         task = bar.add_task(backend_url, total=n_histories + 1)
         t_phase = time.monotonic()
-        failed = (_probes(backend_url, seed, prof, calls, summary)
-                  if probes and m is None else None)
+        failed = _probes(backend_url, seed, prof, calls, summary, m) if probes else None
         _add(summary.phase_seconds, "probes", time.monotonic() - t_phase)
         bar.advance(task)
-        if failed is not None:
+        if failed is not None:  # the replay line reruns the probes
             summary.anomalies += 1
-            summary.failing_mode = f"{failed.name} probe"
+            summary.failing_seed, summary.failing_mode = seed, "deterministic"
             summary.explanation = f"{failed.name} probe failed: {failed.message}"
             if failed.history is not None and failed.check is not None:
-                kept = (failed.history, failed.check)
+                kept = (failed.history, _smallest_first(failed.check))
+                summary.witness_ops = witness_size(failed.check)
         for i in range(n_histories if failed is None else 0):
             s = seed + i
             b = _counting(backend_url, calls)
