@@ -292,7 +292,7 @@ async def _take_over(program: Program, backend: Backend, victim: _Server,
     others = [s for s in servers if s.alive and s is not victim]
     if not others:
         return []
-    keys = program.keys()
+    keys = program.hot_keys()
     picks = [keys[0], keys[-1]]
     clients = []
     owned: list[tuple[int, str]] = []

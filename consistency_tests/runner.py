@@ -1,11 +1,23 @@
-"""The runner behind ``duro check``: many histories against one backend URL, checked, summed up.
+"""The runner behind ``duro check``: the linearizability stage against one backend URL.
 
-:func:`run_check` generates one program per history from ``seed + i``, runs it deterministically
+:func:`run_check` first runs the targeted probes (:mod:`duro.consistency.probes`: a takeover
+from a paused owner whose stale commit must be refused, and kill -9 inside multi-key commits),
+then generates one program per history from ``seed + i``, runs it deterministically
 (:mod:`duro.consistency.scheduler`) or free-running (:mod:`duro.consistency.freerun`), checks
 it (:func:`duro.consistency.checker.check_history`, 30 s hard limit per history, past which
-the verdict is ``unknown``) and stops at the first anomaly. It shows a rich progress bar and
-returns a :class:`CheckSummary`: histories, ops, objects, median overlap of ops per object,
-faults injected, anomalies, unknown verdicts, checker time p50/p99, and the seeds to replay.
+the verdict is ``unknown``) and stops at the first anomaly, which it then tries to reproduce
+in smaller runs for a witness of at most 10 ops. It shows a rich progress bar and returns a
+:class:`CheckSummary`: histories, ops, objects, median overlap of ops per object, faults
+injected by kind, probe results, backend calls by method, anomalies, unknown verdicts,
+checker time p50/p99, wall time by phase, and the seeds to replay.
+
+Every history reaches the backend (:func:`history_shape`, from the seed): the workloads mix
+a large key set (more keys than activation loads with its one scan), many objects whose IDs
+share long prefixes, and the small contended keys; ranges of every shape, get_many,
+delete_all and the alarm; each App has a small cache or activation scan, objects are evicted
+at random between ops, and the backend is closed and reopened before the final reads.
+The faults are ``kill,pause,errors`` unless *faults* says otherwise. *depth* (``quick``,
+``default``, ``thorough``) trades time for depth (:data:`DEPTHS`).
 
 Modes: ``deterministic``, ``tasks``, ``threads``, ``processes``, ``http`` (clients over HTTP
 against two ``duro serve`` processes, :mod:`duro.consistency.http_mode`), or ``mixed`` (the

@@ -18,6 +18,11 @@ Faults in this mode, all in-process:
   recorded ``info`` bounded by the kill step, and a fresh App restarts them.
 * ``errors``: :class:`~duro.consistency.faults.FaultyBackend` with a seeded random generator.
 
+Reaching the backend: *limits* gives every App a small cache and activation scan, *evict*
+evicts an idle object between ops now and then (the next op re-activates it from storage),
+and *reopen* closes the backend after the run and opens it again for the final reads, so
+what was acknowledged must be in storage, not in a backend object's memory.
+
 The Apps do not listen (``listen=None``): a client whose App does not own the object waits,
 on the manual clock, until the owner evicts the idle object or its lease ends, then takes over.
 """
@@ -196,7 +201,8 @@ class Scheduler:
 
     *processes* Apps (clients go to App ``plan.home % processes``); *faults* ⊆ {kill, pause,
     errors}; *error_rate* for ``errors``; *unsafe* and *wrap* let a mutant break the runtime
-    or the backend (see :mod:`duro.consistency.mutants`).
+    or the backend (see :mod:`duro.consistency.mutants`); *limits*, *evict* and *reopen*
+    make reads reach the backend (module docstring).
     """
 
     def __init__(self, program: Program, backend: Backend, chooser: Chooser, *,

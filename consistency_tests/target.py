@@ -11,15 +11,23 @@ are shaped exactly as the history records them:
   absent) and *new* was written, else ``False`` (nothing written);
 * ``list(bounds)`` → ``[[key, value], ...]`` in the order ``storage.list`` returns them;
 * ``txn(micro)`` → the micro-ops ``[["r", k, v], ["w", k, v], ["d", k, None]]`` with each
-  ``r`` filled in with the value read, applied all-or-nothing through ``storage.transaction()``.
+  ``r`` filled in with the value read, applied all-or-nothing through ``storage.transaction()``
+  (a txn of reads only is one ``storage.get_many``);
+* ``delete_all(keys)`` → ``storage.delete_all()``, answered as the txn ``[["d", k, None], …]``
+  over *keys* (every key the workload uses, the alarm's included);
+* ``alarm_get()``, ``alarm_set(when)``, ``alarm_delete()`` → the alarm, which the history
+  records as the key ``!alarm`` (:data:`duro.consistency.workloads.ALARM_KEY`).
+
+Objects are named, or given as raw IDs ``id:<64 hex>`` (:func:`object_id`).
 
 Workloads never write ``None`` and give every written value a unique string, so a read pins
 its writer.
 
 Over HTTP (``duro serve``, the ``http`` mode of :mod:`duro.consistency.http_mode`), ``fetch``
-maps ``POST /KV/name/<object>/<op>`` with a JSON body of the op's arguments to the same
+maps ``POST /KV/name/<object>/<op>`` (or ``/KV/id/<hex>/<op>``) with a JSON body of the op's arguments to the same
 methods, in the same turn: ``get``/``delete`` ``{"key"}``, ``put`` ``{"key", "value"}``, ``cas``
-``{"key", "expected", "new"}``, ``list`` ``{"bounds"}``, ``txn`` ``{"micro"}``. It answers
+``{"key", "expected", "new"}``, ``list`` ``{"bounds"}``, ``txn`` ``{"micro"}``,
+``alarm_set`` ``{"when"}``, ``delete_all`` ``{"keys"}``, ``alarm_get``/``alarm_delete`` ``{}``. It answers
 ``200 {"result": <the method's result>, "server": <env["server"] of the serving App>}``, so a
 client learns which process served a request it sent elsewhere (a forwarded request); 400 for
 a malformed body, 404 for an unknown op.

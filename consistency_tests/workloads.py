@@ -7,6 +7,13 @@ Keys live on disjoint prefixes (``a/0``, ``a/1``, ``b/0`` …); a ``list`` cover
 a range inside one and a ``txn`` touches one prefix, so the checker can partition each object by
 prefix.
 
+Rich programs (``rich=True``, what ``duro check`` runs) add get_many (a read-only ``txn``),
+the object's alarm (``get``/``put``/``delete`` of :data:`ALARM_KEY`), ``delete_all`` (a
+``txn`` deleting every key in use), ranges of eight shapes (``start``, ``start_after``,
+``end``, ``prefix``, ``reverse``, ``limit``), values from a few bytes to 6 KB, and optionally
+a large key set (:data:`BIG_KEYS` keys under ``c/``, filled by one batch) and objects with
+IDs that share long prefixes.
+
 Programs come from one generator written against a tiny :class:`Draw` interface, so the same
 code serves Hypothesis (:func:`programs`, which shrinks) and seeded runs of ``duro check``
 (:func:`random_program`).
@@ -238,7 +245,8 @@ def _rich_spec(d: Draw, space: _Space, delete_all: bool) -> OpSpec:
         r -= w
     pad = PADS[d.int(0, len(PADS) - 1)]
     if f == "alarm":
-        return OpSpec(("get", "put", "put", "delete")[d.int(0, 3)], ALARM_KEY)  # type: ignore[arg-type]
+        alarm_f: tuple[Function, ...] = ("get", "put", "put", "delete")
+        return OpSpec(alarm_f[d.int(0, 3)], ALARM_KEY)
     if f == "delete_all" and not delete_all:
         f = "get_many"
     if f == "delete_all":
