@@ -24,10 +24,8 @@ Workloads never write ``None`` and give every written value a unique string, so 
 its writer.
 
 Over HTTP (``duro serve``, the ``http`` mode of :mod:`duro.consistency.http_mode`), ``fetch``
-maps ``POST /KV/name/<object>/<op>`` (or ``/KV/id/<hex>/<op>``) with a JSON body of the op's arguments to the same
-methods, in the same turn: ``get``/``delete`` ``{"key"}``, ``put`` ``{"key", "value"}``, ``cas``
-``{"key", "expected", "new"}``, ``list`` ``{"bounds"}``, ``txn`` ``{"micro"}``,
-``alarm_set`` ``{"when"}``, ``delete_all`` ``{"keys"}``, ``alarm_get``/``alarm_delete`` ``{}``. It answers
+maps ``POST /KV/name/<object>/<op>`` (or ``/KV/id/<hex>/<op>``) with a JSON body of the op's
+arguments to the same methods, in the same turn (:data:`HTTP_ARGS` names the fields). It answers
 ``200 {"result": <the method's result>, "server": <env["server"] of the serving App>}``, so a
 client learns which process served a request it sent elsewhere (a forwarded request); 400 for
 a malformed body, 404 for an unknown op.
