@@ -46,6 +46,7 @@ from duro.consistency.scheduler import RunResult
 from duro.consistency.target import KV, NAMESPACE, object_id
 from duro.consistency.workloads import ClientPlan, Program, read_back, run_client
 from duro.errors import ConfigError
+from duro.storage import StorageLimits
 
 __all__ = ["MODES", "final_reads", "run_free"]
 
@@ -70,7 +71,7 @@ async def final_reads(backend: Backend, program: Program, rec: Recorder,
 
 def _in_process(program: Program, backend: Backend, *, threads: bool, processes: int,
                 faults: frozenset[str], error_rate: float, seed: int,
-                mutant: str | None) -> RunResult:
+                mutant: str | None, limits: StorageLimits) -> RunResult:
     m = get_mutant(mutant)
     rec = Recorder()
     acquires: list[tuple[int, str, int]] = []
@@ -93,7 +94,8 @@ def _in_process(program: Program, backend: Backend, *, threads: bool, processes:
                 inner = m.wrap(inner)
             app = App(AcquireLog(inner, time.monotonic_ns, log), listen="127.0.0.1:0",
                       lease_ttl=LEASE_TTL, drift_margin=LEASE_TTL / 4, idle_timeout=0.3,
-                      call_timeout=60.0, unsafe=m.unsafe if m is not None else frozenset())
+                      call_timeout=60.0, unsafe=m.unsafe if m is not None else frozenset(),
+                      storage_limits=limits)
             await app.start()
             apps.append(app)
         loop = asyncio.get_running_loop()
@@ -289,12 +291,14 @@ def _processes(program: Program, url: str, backend: Backend, *, faults: frozense
 
 def run_free(program: Program, url: str, *, mode: str = "tasks",
              faults: frozenset[str] = frozenset(), error_rate: float = 0.03, seed: int = 0,
-             mutant: str | None = None, backend: Backend | None = None) -> RunResult:
+             mutant: str | None = None, backend: Backend | None = None,
+             limits: StorageLimits | None = None) -> RunResult:
     """Run *program* free-running on *url* in *mode* (``tasks``, ``threads``, ``processes``).
 
     ``kill`` and ``pause`` need ``processes`` (and a backend shared between processes);
     ``errors`` works in every mode. *backend*: an already open backend on *url* to use in this
-    process (opened and closed here if None).
+    process (opened and closed here if None). *limits*: the Apps' storage limits (``tasks``
+    and ``threads``; a small cache makes reads reach the backend).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
@@ -306,7 +310,8 @@ def run_free(program: Program, url: str, *, mode: str = "tasks",
                 return _processes(program, url, b, faults=faults, error_rate=error_rate,
                                   seed=seed, mutant=mutant, workdir=Path(d))
         return _in_process(program, b, threads=mode == "threads", processes=program.processes,
-                           faults=faults, error_rate=error_rate, seed=seed, mutant=mutant)
+                           faults=faults, error_rate=error_rate, seed=seed, mutant=mutant,
+                           limits=limits or StorageLimits())
     finally:
         if own:
             b.close()

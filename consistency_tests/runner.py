@@ -587,7 +587,7 @@ def _run_one(program: Program, url: str, backend: Backend, mode: str, faults: fr
                         mutant=mutant, backend=backend, servers=max(2, processes))
     free_faults = faults if mode == "processes" else faults & {"errors"}
     return run_free(program, url, mode=mode, faults=free_faults, error_rate=error_rate,
-                    seed=seed, mutant=mutant, backend=backend)
+                    seed=seed, mutant=mutant, backend=backend, limits=limits)
 
 
 def _write_outputs(kept: tuple[History, CheckResult], summary: CheckSummary,
