@@ -308,14 +308,16 @@ class Shape:
                 else "small-keys")
 
 
-def history_shape(seed: int, objects: int, clients: int) -> Shape:
+def history_shape(seed: int, objects: int, clients: int, mode: str = "deterministic") -> Shape:
     """The shape of the history of *seed* (so ``--seed N --histories 1`` replays it): a large
     key set (beyond the activation scan), many objects with IDs sharing long prefixes, or the
-    small contended set; and a small cache or activation scan, so reads reach the backend."""
+    small contended set; and a small cache or activation scan, so reads reach the backend.
+    Runs across OS processes (modes ``processes`` and ``http``) use the small set only: their
+    faults strike at wall-clock times, while clients are still running."""
     rng = random.Random(seed * 7919 + 17)
     limits = StorageLimits(cache_entries=CACHE_ENTRIES[rng.randrange(len(CACHE_ENTRIES))],
                            preload_keys=PRELOAD_KEYS[rng.randrange(len(PRELOAD_KEYS))])
-    kind = seed % 4
+    kind = seed % 4 if mode not in ("processes", "http") else 2
     if kind == 0:
         return Shape(BIG_KEYS, objects, 0, clients, limits)
     if kind == 1:
@@ -432,11 +434,10 @@ def run_check(backend_url: str, seed: int = 0, ops: int = 200, objects: int = 2,
             t_phase = time.monotonic()
             try:
                 hmode = _mode_for(i, mode, b, fault_set, processes, prof.os_processes)
-                shape = history_shape(s, objects, clients)
+                shape = history_shape(s, objects, clients, hmode)
                 program = random_program(s, objects=shape.objects, clients=shape.clients,
                                          ops=ops, processes=processes, prefix=f"s{s}-",
-                                         rich=True, big=shape.big if hmode != "http" else 0,
-                                         shared_ids=shape.shared_ids)
+                                         rich=True, big=shape.big, shared_ids=shape.shared_ids)
                 wipe_objects(b, program)
                 reopen = ((lambda: _counting(backend_url, calls))
                           if persistent and hmode == "deterministic" else None)
@@ -497,7 +498,7 @@ def run_check(backend_url: str, seed: int = 0, ops: int = 200, objects: int = 2,
                 break
     cleanup = open_backend(backend_url)
     try:
-        for s in summary.seeds:  # leave nothing behind
+        for s in summary.seeds:  # leave nothing behind (the names of every shape)
             shape = history_shape(s, objects, clients)
             wipe_objects(cleanup, random_program(
                 s, objects=shape.objects, clients=1, ops=1, prefix=f"s{s}-", rich=True,
