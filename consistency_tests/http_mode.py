@@ -239,11 +239,15 @@ async def _faults(program: Program, url: str, backend: Backend, servers: list[_S
                   faults: frozenset[str], rng: random.Random, workdir: Path,
                   env: dict[str, str], injected: dict[str, int], done: asyncio.Event,
                   rec: Recorder, http: httpx.AsyncClient) -> None:
-    """Kill -9 or pause an owning server while the clients run."""
+    """Kill -9 or pause an owning server while the clients run.
+
+    A pause strikes even if the clients are done by then: it brings its own recorded clients
+    (:func:`_take_over`), so every history with ``pause`` has its zombie.
+    """
     for i, fault in enumerate(f for f in ("kill", "pause") if f in faults):
         await asyncio.sleep(rng.uniform(0.05, 0.2))
-        if done.is_set():
-            return
+        if done.is_set() and fault == "kill":
+            continue
         victim = None
         for _ in range(20):
             victim = await asyncio.to_thread(_owner, backend, program, servers)

@@ -423,7 +423,7 @@ def run_check(backend_url: str, seed: int = 0, ops: int = 200, objects: int = 2,
         bar.advance(task)
         if failed is not None:  # the replay line reruns the probes
             summary.anomalies += 1
-            summary.failing_seed, summary.failing_mode = seed, "deterministic"
+            summary.failing_seed, summary.failing_mode = seed, mode
             summary.explanation = f"{failed.name} probe failed: {failed.message}"
             if failed.history is not None and failed.check is not None:
                 kept = (failed.history, _smallest_first(failed.check))
