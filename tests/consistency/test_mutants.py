@@ -54,3 +54,14 @@ def test_usage_errors_exit_2(tmp_path: object) -> None:
     assert check_command("memory://", clients=9, console=c, progress=False) == 2
     assert check_command("nosuch://x", console=c, progress=False) == 2
     assert get_mutant(None) is None
+
+
+@pytest.mark.parametrize("name", sorted(MUTANTS))
+def test_default_run_catches_the_mutant_with_a_small_witness(name: str) -> None:
+    """The default settings (probes on, rich workloads): a witness of at most 10 ops."""
+    from duro.consistency.runner import WITNESS_GOAL, run_check
+
+    summary = run_check("memory://", mutant=name, progress=False)
+    assert summary.verdict == "anomaly", summary.table()
+    assert summary.witness_ops is not None and summary.witness_ops <= WITNESS_GOAL, \
+        summary.explanation
