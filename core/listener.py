@@ -2,16 +2,16 @@
 
 It is separate from the cluster listener (:mod:`duro.transport`): it serves only the object
 routes, optionally over TLS (``ssl_certfile``/``ssl_keyfile``, as uvicorn takes them), and
-closes connections whose request headers do not arrive within ``header_timeout`` seconds
-(slow-loris), which uvicorn alone does not (its keep-alive timeout only covers idle time
-between requests).
+closes connections whose request head does not arrive within ``header_timeout`` seconds
+(slow-loris) or grows beyond ``max_header_bytes``, which uvicorn alone does not do (its
+keep-alive timeout only covers idle time between requests; httptools bounds no head).
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
@@ -25,8 +25,13 @@ if TYPE_CHECKING:
 __all__ = ["start_public_listener", "stop_public_listener"]
 
 
-def _with_header_deadline(base: type[asyncio.Protocol], timeout: float) -> type[asyncio.Protocol]:
-    """*base* (a uvicorn HTTP protocol) closing connections that send headers too slowly."""
+_TOO_LARGE: Final = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n"
+                     b"connection: close\r\n\r\n")
+
+
+def _guarded(base: type[asyncio.Protocol], timeout: float, max_head: int) -> type[asyncio.Protocol]:
+    """*base* (a uvicorn HTTP protocol) refusing request heads that come too slowly (closed
+    after *timeout* seconds) or are too large (431 beyond *max_head* bytes)."""
 
     class Protocol(base):  # type: ignore[valid-type,misc]
         def connection_made(self, transport: asyncio.Transport) -> None:
@@ -37,7 +42,17 @@ def _with_header_deadline(base: type[asyncio.Protocol], timeout: float) -> type[
             super().on_response_complete()
             self._duro_arm()
 
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.cycle is self._duro_cycle and self.transport.get_protocol() is self:
+                self._duro_head += len(data)  # bytes that did not complete a request head
+                if self._duro_head > max_head and not self.transport.is_closing():
+                    self.transport.write(_TOO_LARGE)
+                    self.transport.close()
+
         def _duro_arm(self) -> None:
+            self._duro_cycle = self.cycle
+            self._duro_head = 0
             self.loop.call_later(timeout, self._duro_expire, self.cycle)
 
         def _duro_expire(self, cycle: object) -> None:
@@ -68,7 +83,7 @@ async def start_public_listener(server: Server, host: str, port: int, *,
     opts = server.options
     config = uvicorn.Config(
         server, lifespan="off", log_level=log_level, access_log=False,
-        http=_with_header_deadline(AutoHTTPProtocol, opts.header_timeout),
+        http=_guarded(AutoHTTPProtocol, opts.header_timeout, opts.max_header_bytes),
         h11_max_incomplete_event_size=opts.max_header_bytes,
         timeout_keep_alive=5, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
         **server.uvicorn_options())

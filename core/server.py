@@ -70,8 +70,9 @@ _HOP_BY_HOP: Final = frozenset({
     "sec-websocket-protocol", "sec-websocket-accept", HOPS_HEADER,
 })
 _PHRASES: Final = {400: "Bad Request", 403: "Forbidden", 404: "Not Found",
-                   413: "Content Too Large", 500: "Internal Server Error",
-                   503: "Service Unavailable", 504: "Gateway Timeout"}
+                   413: "Content Too Large", 415: "Unsupported Media Type",
+                   422: "Unprocessable Content", 431: "Request Header Fields Too Large",
+                   500: "Internal Server Error", 503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class ServerOptions:
     header_timeout: float = 10.0
     """Seconds a client has to send a request's headers (``duro serve``'s listener)."""
     max_header_bytes: int = 16 * 1024
-    """Largest request head (``duro serve``'s listener)."""
+    """Largest request head: 431 beyond."""
     auth: AuthHook | None = None
 
 
@@ -135,6 +136,9 @@ class Server:
         conn: HTTPConnection = (Request(scope, receive) if kind == "http"
                                 else ASGIWebSocket(scope, receive, send))
         try:
+            if sum(len(k) + len(v) for k, v in scope["headers"]) > self.options.max_header_bytes:
+                raise _Refused(431, f"the request head limit is {self.options.max_header_bytes:,} "
+                               "bytes")
             if len(parts) < 4 or parts[0] or parts[2] not in ("name", "id") or not parts[3]:
                 raise _Refused(404, "use /<namespace>/name/<name>/<path> or "
                                "/<namespace>/id/<64-hex id>/<path>")
