@@ -21,6 +21,7 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
@@ -113,8 +114,30 @@ class OwnerUnreachable(Exception):
         self.moving = moving
 
 
+_EMBEDDED: ContextVar[bool] = ContextVar("duro_embedded_uvicorn", default=False)
+
+
+class _QuietEmbedded(logging.Filter):
+    """Drops uvicorn's info records (started, shutting down…) emitted by duro's own listeners,
+    so a host app's uvicorn log shows only its own; warnings and errors pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or not _EMBEDDED.get()
+
+
+_QUIET = _QuietEmbedded()
+
+
 class EmbeddedServer(uvicorn.Server):
     """uvicorn without signal handling: the App's host program owns the signals."""
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        """Serve (in its own task: its uvicorn info records do not reach the host's log)."""
+        _EMBEDDED.set(True)
+        uv_log = logging.getLogger("uvicorn.error")
+        if _QUIET not in uv_log.filters:
+            uv_log.addFilter(_QUIET)
+        await super().serve(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

@@ -452,3 +452,50 @@ def test_websocket_refusals(tmp_path: Path) -> None:
             assert (await recv_json(ws, "error"))["type"] == "error"
 
     _run(check, tmp_path)
+
+
+# -- mounted in a host ASGI app ---------------------------------------------------------------
+
+
+def test_mounted_in_starlette_example(tmp_path: Path) -> None:
+    """examples/starlette_mount.py under uvicorn: root_path honoured, auth first, one public
+    port (the host's), the host's logs intact."""
+    url = make_backend_url("sqlite", tmp_path)
+    env = {**os.environ, "DURO_BACKEND": url}
+    env.pop("DURO_CLUSTER_SECRET", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "starlette_mount:app", "--app-dir", str(EXAMPLES),
+         "--port", "0", "--log-level", "info"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    assert proc.stderr is not None
+    seen: list[str] = []
+    try:
+        for line in proc.stderr:  # ends if the process dies
+            seen.append(line)
+            if "Uvicorn running on" in line:
+                break
+        base = seen[-1].split("running on ")[1].split()[0]
+        assert base.startswith("http://127.0.0.1:"), seen
+        auth = {"authorization": "Bearer demo"}
+        with httpx.Client(base_url=base, timeout=30) as c:
+            assert c.get("/").json()["objects"] == f"{base}/objects/"
+            r = c.post("/objects/Counter/name/m/increment", headers=auth)
+            assert r.status_code == 200 and r.json() == {"n": 1}
+            assert c.get("/objects/Counter/name/m/", headers=auth).json() == {"n": 1}
+            assert c.get("/objects/Counter/name/m/").status_code == 403
+            assert c.get("/objects/Nope/name/m/").status_code == 403  # reveals nothing
+            assert c.get("/objects/Nope/name/m/", headers=auth).status_code == 404
+            assert c.post("/_duro/call", content=b"x").status_code == 404
+            assert c.post("/objects/_duro/call", content=b"x").status_code == 404
+        lease = lease_of(url, "Counter", "m")
+        port = base.rsplit(":", 1)[1]
+        assert lease.address.startswith("127.0.0.1:") and not lease.address.endswith(f":{port}")
+    finally:
+        proc.terminate()
+        out, rest = proc.communicate(timeout=60)
+    log = "".join(seen) + rest + out
+    # The host's startup and access logs were not silenced by duro's own listener, which
+    # adds no lines of its own to them.
+    assert "Application startup complete" in log, log
+    assert log.count("Started server process") == 1, log
+    assert '"POST /objects/Counter/name/m/increment HTTP/1.1" 200' in log, log
