@@ -7,6 +7,7 @@ SQLite file, real sockets on 127.0.0.1, and crafted requests from httpx / raw so
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import subprocess
@@ -23,6 +24,7 @@ import msgpack
 import pytest
 
 import duro
+import duro.websockets
 from duro.backends import ObjectRef, open_backend
 from duro.calls import encode_args, unpack
 from duro.cluster_auth import ReplayGuard, Signer, derive_key
@@ -64,7 +66,20 @@ class Cart(duro.DurableObject):
     async def alarm(self, info: duro.AlarmInfo) -> None:
         self.storage.delete_all()
 
+    async def websocket_message(self, ws: duro.websockets.WebSocket, message: str | bytes) -> None:
+        try:
+            item = json.loads(message)["item"]
+            if not isinstance(item, str):
+                raise TypeError(item)
+        except (ValueError, KeyError, TypeError):
+            ws.send("bad")  # nothing stored
+            return
+        ws.send(str(await self.add(item)))
+
     async def fetch(self, request: Request) -> Response:
+        if request.websocket is not None and request.path == "/ws":
+            self.ctx.accept_websocket(request.websocket)
+            return Response(status=101)
         if request.method == "POST" and request.path == "/add":
             body = await request.json()
             if not isinstance(body, dict) or not isinstance(body.get("item"), str):
@@ -83,7 +98,7 @@ def make_app() -> duro.App:
     """The served App: a Cart namespace behind a token check."""
     app = duro.App()
     app.namespace(Cart)
-    configure(app, auth=_auth, max_body_bytes=4096, header_timeout=0.5)
+    configure(app, auth=_auth, max_body_bytes=4096, max_message_bytes=4096, header_timeout=0.5)
     return app
 
 
@@ -434,6 +449,25 @@ def test_slow_and_oversized_headers_are_cut_off(tmp_path: Path) -> None:
             break
         writer.close()
         assert closed, "the server kept a connection whose headers never completed"
+        # A head that never ends: refused once it passes the limit, not buffered on and on.
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /Cart/name/s/ HTTP/1.1\r\nHost: x\r\nX-Pad: ")
+        answer: bytes | None = None
+        for _ in range(64):  # up to 4 MiB, 64 KiB at a time
+            try:
+                writer.write(b"a" * 65536)
+                await writer.drain()
+            except ConnectionError:
+                answer = b"(reset)"
+                break
+            try:
+                answer = await asyncio.wait_for(reader.read(100), 0.05)
+            except TimeoutError:
+                continue
+            break
+        writer.close()
+        assert answer is not None, "4 MiB of request head were taken without an answer"
+        assert answer.startswith(b"HTTP/1.1 431") or answer == b"(reset)", answer
         # Oversized headers: refused with a 4xx, not served.
         async with httpx.AsyncClient(base_url=base, timeout=30) as c:
             try:
@@ -442,6 +476,47 @@ def test_slow_and_oversized_headers_are_cut_off(tmp_path: Path) -> None:
             except httpx.RemoteProtocolError:
                 pass  # the server hung up on the oversized head: also a refusal
             assert (await c.get("/Cart/name/s/", headers={"x-token": "ok"})).json() == {"n": 0}
+
+    _serve_in_process(tmp_path, check)
+
+
+def test_websocket_flood_and_bad_messages_are_contained(tmp_path: Path) -> None:
+    """A client sending far more than the 64-message inbox: the server reads it at the object's
+    pace (back-pressure), stays responsive, loses nothing and stores nothing for bad input."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    flood = 600
+
+    async def check(app: duro.App, base: str) -> None:
+        ws_url = base.replace("http://", "ws://") + "/Cart/name/f/ws"
+        async with connect(ws_url, additional_headers={"x-token": "ok"}) as ws, \
+                httpx.AsyncClient(base_url=base, timeout=30) as c:
+            async def send_all() -> None:
+                for i in range(flood):
+                    await ws.send("not json" if i % 10 == 0 else json.dumps({"item": str(i)}))
+
+            sending = asyncio.ensure_future(send_all())
+            # While the flood is queued or back-pressured, other requests are answered.
+            r = await c.post("/Cart/name/other/add", json={"item": "x"},
+                             headers={"x-token": "ok"})
+            assert r.json() == {"n": 1}
+            replies = []
+            async with asyncio.timeout(120):
+                for _ in range(flood):
+                    replies.append(await ws.recv())
+                await sending
+            good = [r for r in replies if r != "bad"]
+            assert replies.count("bad") == flood // 10
+            assert good == [str(n) for n in range(1, len(good) + 1)]  # in order, none lost
+            await ws.send("x" * 5000)  # beyond max_message_bytes: closed, nothing stored
+            with pytest.raises(ConnectionClosed):
+                async with asyncio.timeout(30):
+                    extra = await ws.recv()
+                    raise AssertionError(f"got {extra!r} after an oversized message")
+            assert ws.close_code == 1009
+            r = await c.get("/Cart/name/f/", headers={"x-token": "ok"})
+            assert r.json() == {"n": flood - flood // 10}
 
     _serve_in_process(tmp_path, check)
 
