@@ -77,8 +77,7 @@ class Signer:
         """The authentication headers for one request (each call uses a new nonce)."""
         ts = f"{time.time():.3f}"
         nonce = f"{self._sender}.{next(self._counter)}"
-        sig = hmac.new(self._key, _message(method, path, ts, nonce, body),
-                       hashlib.sha256).hexdigest()
+        sig = hmac.digest(self._key, _message(method, path, ts, nonce, body), "sha256").hex()
         return {TS_HEADER: ts, NONCE_HEADER: nonce, SIG_HEADER: sig}
 
 
@@ -120,8 +119,9 @@ class ReplayGuard:
         if why is not None:
             return why
         ts, nonce, sig = headers[TS_HEADER], headers[NONCE_HEADER], headers[SIG_HEADER]
-        want = hmac.new(self._key, _message(method, path, ts, nonce, body),
-                        hashlib.sha256).hexdigest()
+        if len(sig) != 64:
+            return "bad signature (a different cluster key?)"
+        want = hmac.digest(self._key, _message(method, path, ts, nonce, body), "sha256").hex()
         if not hmac.compare_digest(want, sig):
             return "bad signature (a different cluster key?)"
         sender_id, _, counter_s = nonce.partition(".")

@@ -364,14 +364,16 @@ class Server:
 
 def route_path(scope: Scope) -> str:
     """The request's raw path (percent-encoded, latin-1) after the ASGI ``root_path``."""
-    raw = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1").split("?", 1)[0]
+    path: str = scope["path"]
+    raw_bytes: bytes = scope.get("raw_path") or path.encode()
+    raw = raw_bytes.decode("latin-1").split("?", 1)[0]
     root: str = scope.get("root_path", "")
     if root:
         quoted = quote(root)
         if raw.startswith(quoted):
             raw = raw[len(quoted):]
-        elif scope["path"].startswith(root):  # no raw path to trust: fall back to the decoded one
-            raw = quote(scope["path"][len(root):])
+        elif path.startswith(root):  # no raw path to trust: fall back to the decoded one
+            raw = quote(path[len(root):])
     return raw
 
 

@@ -29,7 +29,7 @@ import duro
 from duro.server import configure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from counter_http import Counter  # noqa: E402
+from counter_http import Counter
 
 objects_app = duro.App()
 objects_app.namespace(Counter)
