@@ -75,6 +75,7 @@ async def start_public_listener(server: Server, host: str, port: int, *,
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no delayed-ACK wait per reply
     try:
         sock.bind((host, port))
     except OSError as exc:

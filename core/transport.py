@@ -154,7 +154,7 @@ class _QuietConfig(uvicorn.Config):
         pass
 
 
-class Refused(Exception):
+class _Refused(Exception):
     """A cluster request this process will not run (logged; answered with *status*)."""
 
     def __init__(self, status: int, why: str) -> None:
@@ -250,22 +250,22 @@ class Transport:
         path = raw.decode("latin-1") + (f"?{qs.decode('latin-1')}" if qs else "")
         try:
             if kind == "websocket":
-                self._check(peer, "GET", path, headers)
+                self._check("GET", path, headers)
                 http = self._app._http
                 if http is None:
-                    raise Refused(404, "this process serves no objects over WebSockets")
+                    raise _Refused(404, "this process serves no objects over WebSockets")
                 await http({**scope, "duro.peer": True}, receive, send)
                 return
             if self._authenticate:
                 why = self._guard.precheck(headers)
                 if why is not None:
-                    raise Refused(401, why)
+                    raise _Refused(401, why)
             body = await self._body(scope, receive, headers)
-            self._check(peer, scope["method"], path, headers, body)
+            self._check(scope["method"], path, headers, body)
             if scope["path"] != CALL_PATH or scope["method"] != "POST":
-                raise Refused(404, f"no cluster endpoint {scope['method']} {scope['path']}")
-            status, reply, extra = await self._call(body, peer)
-        except Refused as refused:
+                raise _Refused(404, f"no cluster endpoint {scope['method']} {scope['path']}")
+            status, reply, extra = await self._call(body)
+        except _Refused as refused:
             log.warning("refused a cluster %s %s from %s: %s", scope.get("method", "WEBSOCKET"),
                         scope["path"], peer, refused.why)
             if kind == "websocket":
@@ -279,34 +279,33 @@ class Transport:
         await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": reply})
 
-    def _check(self, peer: str, method: str, path: str, headers: Headers,
-               body: bytes = b"") -> None:
+    def _check(self, method: str, path: str, headers: Headers, body: bytes = b"") -> None:
         if self._authenticate:
             why = self._guard.verify(method, path, headers, body)
             if why is not None:
-                raise Refused(401, why)
+                raise _Refused(401, why)
 
     async def _body(self, scope: Scope, receive: Receive, headers: Headers) -> bytes:
         limit = self.max_body_bytes
         declared = headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            raise Refused(413, f"a body of {declared} bytes exceeds the cluster limit of "
+            raise _Refused(413, f"a body of {declared} bytes exceeds the cluster limit of "
                           f"{limit:,} bytes")
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise Refused(400, "the peer disconnected mid-request")
+                raise _Refused(400, "the peer disconnected mid-request")
             chunk: bytes = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise Refused(413, f"the body exceeds the cluster limit of {limit:,} bytes")
+                raise _Refused(413, f"the body exceeds the cluster limit of {limit:,} bytes")
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _call(self, body: bytes, peer: str) -> tuple[int, bytes, dict[str, str]]:
+    async def _call(self, body: bytes) -> tuple[int, bytes, dict[str, str]]:
         from duro.app import AppClosing
 
         try:
@@ -319,10 +318,10 @@ class Transport:
                     and (name is None or isinstance(name, str))):
                 raise TypeError("wrong field types")
         except Exception as exc:
-            raise Refused(400, f"malformed cluster call ({type(exc).__name__})") from None
+            raise _Refused(400, f"malformed cluster call ({type(exc).__name__})") from None
         ns = self._app._namespaces.get(ns_name)
         if ns is not None and method not in ns._methods and method not in RUNTIME_METHODS:
-            raise Refused(403, f"{ns_name}.{method} is not callable through a stub")
+            raise _Refused(403, f"{ns_name}.{method} is not callable through a stub")
         try:
             reply = await self._app._serve_forwarded(ns_name, hex_id, name, method, payload,
                                                      chain, hops)
