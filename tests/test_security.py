@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -555,7 +556,7 @@ def test_serve_over_tls(served: list[Served], tmp_path: Path) -> None:
     s = Served(url, tmp_path, "--ssl-certfile", str(certfile), "--ssl-keyfile", str(keyfile))
     served.append(s)
     assert s.base.startswith("https://127.0.0.1:")
-    with httpx.Client(verify=str(certfile), timeout=30) as c:
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(certfile)), timeout=30) as c:
         r = c.post(f"{s.base}/Cart/name/t/add", json={"item": "x"}, headers={"x-token": "ok"})
         assert r.json() == {"n": 1}
     with pytest.raises(httpx.TransportError):  # plain HTTP is not spoken there
