@@ -906,6 +906,19 @@ class LMDBBackend(Backend):
 
         return sorted(self._use().read(fn))
 
+    def cluster_key(self, proposed: bytes) -> bytes:
+        """The cluster key kept in ``duro.meta`` (put once; see :meth:`Backend.cluster_key`)."""
+        env = self._use()
+
+        def fn(txn: lmdb.Transaction[bytes]) -> bytes:
+            stored = txn.get(b"cluster_key", db=env.meta)
+            if stored is None:
+                txn.put(b"cluster_key", proposed, db=env.meta)
+                return proposed
+            return bytes(stored)
+
+        return env.write(fn)
+
     # -- maintenance -------------------------------------------------------------------------
 
     def check_readers(self) -> int:

@@ -42,6 +42,7 @@ class _Store:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.objects: dict[ObjectRef, _Obj] = {}
+        self.cluster_key: bytes | None = None
 
 
 _shared: dict[str, _Store] = {}
@@ -212,6 +213,13 @@ class MemoryBackend(Backend):
     def namespaces(self) -> list[str]:
         with self._store.lock:
             return sorted({r.namespace for r, o in self._store.objects.items() if not o.deleted})
+
+    def cluster_key(self, proposed: bytes) -> bytes:
+        """The cluster key of this store (Apps in one process may share a named store)."""
+        with self._store.lock:
+            if self._store.cluster_key is None:
+                self._store.cluster_key = proposed
+            return self._store.cluster_key
 
     def close(self) -> None:
         pass

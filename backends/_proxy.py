@@ -59,6 +59,9 @@ class ProxyBackend(Backend):
     def delete_object(self, ref: ObjectRef, epoch: int) -> None:
         self.inner.delete_object(ref, epoch)
 
+    def cluster_key(self, proposed: bytes) -> bytes:
+        return self.inner.cluster_key(proposed)
+
     def due_alarms(self, now: float, limit: int = 100) -> list[tuple[ObjectRef, float]]:
         return self.inner.due_alarms(now, limit)
 

@@ -252,6 +252,17 @@ class S3Backend(Backend):
                 return
         raise BackendUnavailable(f"could not read or create {self._store.where(key)}")
 
+    def cluster_key(self, proposed: bytes) -> bytes:
+        """The cluster key kept in ``duro-cluster-key`` beside the format marker, created once."""
+        key = self._layout.root + "duro-cluster-key"
+        for _ in range(3):
+            got = self._store.get(key)
+            if got is not None:
+                return got[0]
+            if self._store.put_conditional(key, proposed).outcome is Outcome.OK:
+                return proposed
+        raise BackendUnavailable(f"could not read or create {self._store.where(key)}")
+
     # -- test and measurement hooks -------------------------------------------------------------
 
     @property

@@ -38,7 +38,7 @@ import sqlalchemy.exc as sa_exc
 from sqlalchemy.pool import NullPool
 
 from duro.backends._sql_dialect import SQLDialect, dialect_for, is_transient
-from duro.backends._sql_schema import FORMAT_KEY, kv, meta, metadata, objects
+from duro.backends._sql_schema import CLUSTER_KEY, FORMAT_KEY, kv, meta, metadata, objects
 from duro.backends.base import (
     FORMAT_VERSION,
     UNCHANGED,
@@ -641,6 +641,18 @@ class SQLBackend(Backend):
         stmt = sa.select(o.ns).where(o.deleted == sa.false()).distinct().order_by(o.ns)
         with self._read("namespaces") as conn:
             return [r[0] for r in conn.execute(stmt)]
+
+    def cluster_key(self, proposed: bytes) -> bytes:
+        """The cluster key kept in ``duro_meta`` (inserted once, see ``Backend.cluster_key``)."""
+        with self._wlock, self._guard("cluster_key"):
+            self._check_open()
+            conn = self._wconn
+            with conn.begin():
+                conn.execute(self._dialect.insert_if_absent(meta).values(
+                    name=CLUSTER_KEY, value=proposed.hex()))
+                stored = conn.execute(
+                    sa.select(meta.c.value).where(meta.c.name == CLUSTER_KEY)).scalar_one()
+        return bytes.fromhex(stored)
 
     def _after_fork(self) -> None:
         """In a forked child: forget the parent's connections, open our own writer."""

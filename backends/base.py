@@ -317,6 +317,17 @@ class Backend(ABC):
     def namespaces(self) -> list[str]:
         """Names of the namespaces that hold objects, sorted."""
 
+    def cluster_key(self, proposed: bytes) -> bytes:
+        """The key with which processes sharing this storage sign the calls they forward.
+
+        Stores *proposed* if no key is stored yet and returns the stored key, atomically: of
+        processes racing to create it, all get the one that landed first. Whoever can open the
+        storage can read it (that is who belongs to the cluster). A backend that cannot keep
+        one raises :class:`~duro.errors.ConfigError`.
+        """
+        raise ConfigError(f"the {self.scheme}:// backend keeps no cluster key: set "
+                          "DURO_CLUSTER_SECRET (or cluster_secret=) in every process")
+
     @abstractmethod
     def close(self) -> None:
         """Release connections and files. Idempotent."""

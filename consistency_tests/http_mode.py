@@ -119,6 +119,7 @@ class _Server:
                 stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True,
                 env=env, cwd=workdir)
         self.address = ""
+        self.cluster = ""  # the cluster listener: the address its leases record
         self.alive = False
         self.reaped_at: int | None = None
 
@@ -137,6 +138,7 @@ class _Server:
             tail = self.log.read_text(encoding="utf-8", errors="replace")[-2000:]
             raise ConfigError(f"duro serve did not start for the http mode:\n{tail}")
         self.address = line.split()[2].removeprefix("http://")
+        self.cluster = line.split("cluster=", 1)[1].split()[0]
         self.alive = True
 
     def kill(self) -> None:
@@ -231,7 +233,7 @@ def _caller(plan: ClientPlan, servers: list[_Server], http: httpx.AsyncClient,
 
 
 def _owner(backend: Backend, program: Program, servers: list[_Server]) -> _Server | None:
-    by_address = {s.address: s for s in servers if s.alive}
+    by_address = {s.cluster: s for s in servers if s.alive}
     for obj in program.objects:
         lease = backend.read_lease(ObjectRef(NAMESPACE, object_id(obj).hex))
         if lease is not None and lease.address in by_address:
@@ -307,7 +309,7 @@ async def _take_over(program: Program, backend: Backend, victim: _Server,
     for j, obj in enumerate(program.objects):
         lease = await asyncio.to_thread(
             backend.read_lease, ObjectRef(NAMESPACE, object_id(obj).hex))
-        if lease is None or lease.address != victim.address:
+        if lease is None or lease.address != victim.cluster:
             continue
         ops = [OpSpec("put", k) for k in picks] + [OpSpec("get", k) for k in picks]
         plan = ClientPlan(TAKEOVER_CLIENT + index * 100 + j, obj, 0, ops)

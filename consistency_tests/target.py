@@ -155,7 +155,7 @@ class KV(duro.DurableObject):
         if names is None or request.method != "POST":
             return Response.json({"error": f"no op {request.method} {request.path}"}, 404)
         try:
-            body = request.json()
+            body = await request.json()
             args = [body[n] for n in names]
         except (ValueError, KeyError, TypeError) as exc:
             return Response.json({"error": f"bad body for {op}: {exc!r}"}, 400)

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 import os
+import secrets
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from duro.backends.base import Backend, LeaseHeld, ObjectRef
 from duro.backends.registry import open_backend
 from duro.clock import Clock, SystemClock
+from duro.cluster_auth import check_secret, derive_key
 from duro.config import resolve_backend_url
 from duro.deadlines import Deadlines
 from duro.errors import ConfigError, DuroError, ObjectReset
@@ -34,7 +36,8 @@ T = TypeVar("T")
 D = TypeVar("D", bound=DurableObject)
 
 
-UNSAFE_FLAGS = frozenset({"skip_lease_check", "ack_before_durable", "drop_coalesced_write"})
+UNSAFE_FLAGS = frozenset({"skip_lease_check", "ack_before_durable", "drop_coalesced_write",
+                          "skip_cluster_auth"})
 
 
 class AppClosing(ObjectReset):
@@ -58,13 +61,17 @@ class AppConfig:
     io_threads: int = 32
     storage_limits: StorageLimits = field(default_factory=StorageLimits)
     cluster_secret: str | None = field(
-        default_factory=lambda: os.environ.get("DURO_CLUSTER_SECRET") or None
+        default_factory=lambda: os.environ.get("DURO_CLUSTER_SECRET")
     )
-    """Shared secret that processes present when they forward calls to each other (env
-    ``DURO_CLUSTER_SECRET``); without it, anyone who reaches the listen address may call."""
+    """Overrides the cluster key that processes sharing the backend sign forwarded calls with
+    (env ``DURO_CLUSTER_SECRET``; at least 16 characters). Unset (the default), the key is a
+    random one the backend keeps, so every process that can open the backend is a peer."""
+    cluster_max_body_bytes: int = 16 * 1024 * 1024
+    """Largest request the cluster listener reads (at least the HTTP body limit plus 64 KiB)."""
     unsafe: frozenset[str] = frozenset()
     """Test-only mutations that break duro on purpose, so the consistency suite can prove it
-    catches them: ``skip_lease_check``, ``ack_before_durable``, ``drop_coalesced_write``."""
+    catches them: ``skip_lease_check``, ``ack_before_durable``, ``drop_coalesced_write``;
+    ``skip_cluster_auth`` (the benchmark's baseline for the cost of authentication)."""
 
     def __post_init__(self) -> None:
         bad = set(self.unsafe) - UNSAFE_FLAGS
@@ -74,6 +81,7 @@ class AppConfig:
             )
         if self.lease_ttl <= self.drift_margin:
             raise ConfigError("lease_ttl must be greater than drift_margin")
+        check_secret(self.cluster_secret)
 
 
 class App:
@@ -82,8 +90,11 @@ class App:
     *backend* is a URL (or an open :class:`~duro.backends.Backend`); without it the URL comes
     from ``DURO_BACKEND``, ``./duro.toml``, ``[tool.duro]`` in ``./pyproject.toml``, or the
     embedded default ``sqlite:///.duro/duro.db``. *listen* (``"127.0.0.1:0"`` by default; ``None``
-    to disable) is where other processes forward calls for objects this process owns;
-    *advertise* is the address they should use, if different. Leaving the ``async with`` stops
+    to disable) is the cluster listener, where other processes sharing the backend forward
+    calls for objects this process owns (authenticated; not the public HTTP surface, and not
+    opened for a backend no other process can share, such as ``memory://``); *advertise*
+    (``host`` or ``host:port``) is the address they should use, if different. An unspecified
+    address (``0.0.0.0``, ``::``) is never advertised. Leaving the ``async with`` stops
     taking calls, drains in-flight turns and flushes, and releases leases.
     """
 
@@ -147,10 +158,12 @@ class App:
                 self._backend = self._backend_obj
             else:
                 self._backend = await self.io(open_backend, self.url)
-            if self.listen is not None:
+            if self.listen is not None and self._backend.multi_process:
                 from duro.transport import Transport
 
-                self._transport = Transport(self)
+                self._transport = Transport(self, await self._cluster_key(),
+                                            authenticate="skip_cluster_auth" not in
+                                            self.config.unsafe)
                 self.address = await self._transport.start(self.listen, self._advertise)
         except BaseException:
             await self._shutdown()
@@ -188,6 +201,12 @@ class App:
             await self.io(self._backend.close)
         if self._executor is not None:
             self._executor.shutdown(wait=False)
+
+    async def _cluster_key(self) -> bytes:
+        """The key peers sign cluster calls with: the configured secret, else the backend's."""
+        if self.config.cluster_secret is not None:
+            return derive_key(self.config.cluster_secret.encode())
+        return derive_key(await self.io(self.backend.cluster_key, secrets.token_bytes(32)))
 
     def _check_open(self) -> None:
         if self._state != "open":

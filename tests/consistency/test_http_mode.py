@@ -24,6 +24,7 @@ from duro.consistency.run_cli import check_command
 from duro.consistency.runner import overlap, run_check
 from duro.consistency.target import KV
 from duro.consistency.workloads import random_program
+from duro.listener import start_public_listener, stop_public_listener
 from duro.server import configure
 from duro.testing import make_backend_url
 
@@ -44,9 +45,16 @@ def test_kv_fetch_maps_requests_to_the_ops(tmp_path: Path) -> None:
     async def scenario() -> None:
         app = App(make_backend_url("sqlite", tmp_path), env={"server": "here"})
         app.namespace(KV)
-        configure(app)
-        async with app, httpx.AsyncClient(base_url=f"http://{app.address}/KV/name/o",
-                                          timeout=30) as c:
+        server = configure(app)
+        async with app:
+            public, url = await start_public_listener(server, "127.0.0.1", 0)
+            try:
+                await run(url)
+            finally:
+                await stop_public_listener(public)
+
+    async def run(url: str) -> None:
+        async with httpx.AsyncClient(base_url=f"{url}/KV/name/o", timeout=30) as c:
             async def op(name: str, **body: Any) -> Any:
                 r = await c.post(f"/{name}", json=body)
                 assert r.status_code == 200, r.text
