@@ -91,6 +91,7 @@ class _HostServer:
         self.url = url
         self.workdir = workdir
         self.address = f"{host.address}:{PORT}"
+        self.cluster = ""  # its cluster listener, the address its leases record
         self.alive = False
         self.paused = False
         self.reaped_at: int | None = None
@@ -119,6 +120,8 @@ class _HostServer:
             self.kill()
             tail = (self.workdir / f"serve-{self.tag}.log").read_text(errors="replace")[-2000:]
             raise ConfigError(f"duro serve did not start on {self.tag}:\n{tail}")
+        self.cluster = next((f.removeprefix("cluster=") for f in line.split()
+                             if f.startswith("cluster=")), "")
         self.alive = True
 
     def kill(self) -> None:
@@ -175,7 +178,7 @@ def _busiest(backend: Backend, program: Program, servers: list[_HostServer],
     live = [s for s in servers if s.alive and not s.paused]
     if not live:
         return rng.choice(servers)
-    return max(rng.sample(live, len(live)), key=lambda s: owned[s.address])
+    return max(rng.sample(live, len(live)), key=lambda s: owned[s.cluster])
 
 
 async def _probe(victim: _HostServer, program: Program, http: httpx.AsyncClient, watch: _Watch,
