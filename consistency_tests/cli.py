@@ -124,8 +124,8 @@ def check(
         "--timeout", help="Wall-clock limit in seconds for checking (then 'unknown').",
         min=0.0)] = None,
     histories: Annotated[int | None, typer.Option(
-        "--histories", help="How many histories stage 2 runs and checks (default 20; 5 with "
-        "--quick, 60 with --thorough).", min=1)] = None,
+        "--histories", help="How many histories stage 2 runs and checks (default: by depth: "
+        "8 with --quick, 16 by default, 60 with --thorough).", min=1)] = None,
     mode: Annotated[str, typer.Option(
         "--mode", help="mixed, deterministic, tasks, threads, processes or http.")] = "mixed",
     mutant: Annotated[str | None, typer.Option(
@@ -164,7 +164,7 @@ def check(
             history_out=history_out, histories=histories, mutant=mutant,
             stage2={"seed": seed or 0, "ops": ops or 200, "objects": objects or 2,
                     "clients": clients or 4, "processes": processes or 2,
-                    "faults": faults or "errors", "mode": mode}))
+                    "faults": faults, "mode": mode}))
     given = [name for name, v in run_opts.items() if v is not None]
     given += [flag for flag, on in (("--quick", quick), ("--thorough", thorough),
                                     ("--keep-going", keep_going), ("--json", as_json)) if on]

@@ -66,15 +66,17 @@ def check_history_file(path: str | Path, console: Console, report: str | Path | 
 
 
 def check_command(backend: str | None = None, seed: int = 0, ops: int = 200, objects: int = 2,
-                  clients: int = 4, processes: int = 2, faults: str = "errors",
+                  clients: int = 4, processes: int = 2, faults: str | None = None,
                   history_out: str | None = None, report: str | None = None,
                   mutant: str | None = None, history: str | None = None,
-                  histories: int = 20, mode: str = "mixed",
+                  histories: int | None = None, mode: str = "mixed", depth: str = "default",
                   console: Console | None = None, progress: bool = True,
                   on_summary: Callable[[CheckSummary], None] | None = None) -> int:
     """Run ``duro check`` with these options; returns the exit code (0, 1, 2 or 3).
 
-    *on_summary*, if given, receives the run's summary after it is printed.
+    *on_summary*, if given, receives the run's summary after it is printed. ``faults=None``
+    injects the runner's default faults (kill, pause, errors); ``histories=None`` takes the
+    count from *depth* (``quick``, ``default`` or ``thorough``).
     """
     console = console or Console()
     err = Console(stderr=True)
@@ -87,7 +89,8 @@ def check_command(backend: str | None = None, seed: int = 0, ops: int = 200, obj
         summary = run_check(url, seed=seed, ops=ops, objects=objects, clients=clients,
                             processes=processes, faults=faults, mutant=mutant,
                             history_out=history_out, report=report, histories=histories,
-                            mode=mode, console=err, progress=progress)
+                            mode=mode, console=err, progress=progress,
+                            depth=depth)  # type: ignore[arg-type]
     except (DuroError, ValueError, OSError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         return 2
@@ -98,7 +101,7 @@ def check_command(backend: str | None = None, seed: int = 0, ops: int = 200, obj
 
 
 def validate_options(ops: int = 200, objects: int = 2, clients: int = 4, processes: int = 2,
-                     faults: str = "errors", mode: str = "mixed") -> None:
+                     faults: str | None = None, mode: str = "mixed") -> None:
     """Raise ``ValueError`` for options ``run_check`` would refuse (checked before any run)."""
     from duro.consistency.faults import parse_faults
     from duro.consistency.runner import MODES

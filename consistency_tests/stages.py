@@ -38,8 +38,6 @@ from duro.errors import DuroError
 __all__ = ["STAGES", "UsageError", "check_backend", "check_writable", "scratch_store"]
 
 STAGES: Final = ("all", "contract", "linearizability")
-HISTORIES: Final = {"quick": 5, "default": 20, "thorough": 60}
-"""Stage 2's histories per depth, unless ``--histories`` says otherwise."""
 
 EXIT_OK, EXIT_ANOMALY, EXIT_USAGE, EXIT_UNKNOWN = 0, 1, 2, 3
 
@@ -232,7 +230,7 @@ def _run(url: str, depth: str, stage: str, keep_going: bool, report: Path | None
         summaries: list[CheckSummary] = []
         out.print("[bold]stage 2 (linearizability)[/bold]:", highlight=False)
         result.linearizability_exit = check_command(
-            url, mutant=mutant, histories=histories or HISTORIES[depth],
+            url, mutant=mutant, histories=histories, depth=depth,
             history_out=None if history_out is None else str(history_out),
             report=None if report is None else str(report), console=out,
             on_summary=summaries.append, **stage2)
