@@ -42,13 +42,16 @@ from duro.backends._sql_schema import FORMAT_KEY, kv, meta, metadata, objects
 from duro.backends.base import (
     FORMAT_VERSION,
     UNCHANGED,
+    AcquireOp,
     Backend,
     BackendURL,
     Batch,
+    CommitOp,
     Lease,
     LeaseHeld,
     ObjectInfo,
     ObjectRef,
+    WriteOp,
     check_format_version,
 )
 from duro.errors import (
@@ -85,6 +88,20 @@ _UPSERT: Final = (
     "ON CONFLICT (ns, id, key) DO UPDATE SET value = excluded.value"
 )
 _GET1: Final = "SELECT value FROM kv WHERE ns = ? AND id = ? AND key = ?"
+# Acquire and release inside a group transaction (commit_many): the same steps as acquire().
+_ACQ_INSERT: Final = (
+    "INSERT INTO objects (ns, id, name, epoch, owner, address, lease_until, alarm_at, "
+    "last_active, deleted) VALUES (?, ?, ?, 0, NULL, NULL, 0.0, NULL, NULL, ?) "
+    "ON CONFLICT (ns, id) DO NOTHING"
+)
+_ACQ_TAKE: Final = (
+    "UPDATE objects SET epoch = ?, owner = ?, address = ?, lease_until = ?, deleted = ?, "
+    "name = COALESCE(?, name) WHERE ns = ? AND id = ?"
+)
+_RELEASE: Final = (
+    "UPDATE objects SET owner = NULL, address = NULL, lease_until = 0.0 "
+    "WHERE ns = ? AND id = ? AND epoch = ?"
+)
 
 
 def _scan_sql(lo: bool, hi: bool, reverse: bool, limit: bool) -> str:
@@ -136,6 +153,7 @@ class SQLBackend(Backend):
     """
 
     scheme = "sqlite"
+    group_commit: ClassVar[bool] = True
     persistent: ClassVar[bool] = True
     multi_process: ClassVar[bool] = True
     multi_host: ClassVar[bool] = False
@@ -166,6 +184,10 @@ class SQLBackend(Backend):
         self._q_delete = q(_DELETE)
         self._q_upsert = q(_UPSERT)
         self._q_get1 = q(_GET1)
+        self._q_acq_insert = q(_ACQ_INSERT)
+        self._q_acq_lock = q(_LEASE + (" FOR UPDATE" if dialect.name == "postgresql" else ""))
+        self._q_acq_take = q(_ACQ_TAKE)
+        self._q_release = q(_RELEASE)
         self._q_scan = {
             (lo, hi, rev, lim): q(_scan_sql(lo, hi, rev, lim))
             for lo in (False, True) for hi in (False, True)
@@ -495,6 +517,68 @@ class SQLBackend(Backend):
 
     def commit(self, ref: ObjectRef, epoch: int, batch: Batch) -> None:
         """Apply *batch* in one transaction that starts with the epoch-checked UPDATE."""
+        with self._commit_writer() as (cur, raw):
+            try:
+                if self._begin_write is not None:
+                    cur.execute(self._begin_write)
+                fenced = self._apply_commit(cur, ref, epoch, batch, False)
+                if fenced is not None:
+                    raw.rollback()
+                    raise fenced
+                raw.commit()
+            except self._errors as exc:
+                with contextlib.suppress(Exception):
+                    raw.rollback()
+                self._heal_commit_writer(raw)
+                raise self._map(exc, "commit") from exc
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    raw.rollback()
+                raise
+
+    def commit_many(self, ops: Sequence[WriteOp]) -> list[object]:
+        """Run every op in **one** write transaction: one lock, one sync for all of them.
+
+        Each op checks its own epoch first, with the statement that fences a lone commit; a
+        fenced op changed nothing (its UPDATE matched no row), so it is skipped and reported,
+        and the others still commit. Ops run ordered by object, so concurrent groups in other
+        processes take PostgreSQL's row locks in the same order (no deadlock). A failure of the
+        transaction itself raises, for every op together.
+        """
+        order = sorted(range(len(ops)), key=lambda i: (ops[i].ref.namespace, ops[i].ref.id))
+        out: list[object] = [None] * len(ops)
+        skip_fence = self._mutant_group_skip_fence
+        with self._commit_writer() as (cur, raw):
+            try:
+                if self._begin_write is not None:
+                    cur.execute(self._begin_write)
+                for i in order:
+                    op = ops[i]
+                    if isinstance(op, CommitOp):
+                        out[i] = self._apply_commit(cur, op.ref, op.epoch, op.batch, skip_fence)
+                    elif isinstance(op, AcquireOp):
+                        out[i] = self._apply_acquire(cur, op)
+                    else:
+                        cur.execute(self._q_release, (op.ref.namespace, op.ref.id, op.epoch))
+                raw.commit()
+            except self._errors as exc:
+                with contextlib.suppress(Exception):
+                    raw.rollback()
+                self._heal_commit_writer(raw)
+                raise self._map(exc, "commit") from exc
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    raw.rollback()
+                raise
+        return out
+
+    def _apply_commit(self, cur: Any, ref: ObjectRef, epoch: int, batch: Batch,
+                      skip_fence: bool) -> Fenced | None:
+        """Inside an open write transaction: fence, then apply *batch*; the error if fenced.
+
+        The fencing UPDATE is the first statement: when it matches no row nothing of the batch
+        has been applied (unless *skip_fence*, the test-only mutant, applies it anyway).
+        """
         ns = ref.namespace
         oid = ref.id
         alarm = batch.alarm
@@ -509,42 +593,41 @@ class SQLBackend(Backend):
         else:
             fence = self._q_fence_alarm
             fparams = (batch.lease_until, batch.active_at, alarm, ns, oid, epoch)
+        cur.execute(fence, fparams)
+        if cur.rowcount != 1 and not skip_fence:
+            cur.execute(self._q_epoch, (ns, oid))
+            row = cur.fetchone()
+            return self._fenced(ref, epoch, int(row[0]) if row else 0)
         puts = batch.puts
         deletes = batch.deletes
-        with self._commit_writer() as (cur, raw):
-            try:
-                if self._begin_write is not None:
-                    cur.execute(self._begin_write)
-                cur.execute(fence, fparams)
-                if cur.rowcount != 1:
-                    cur.execute(self._q_epoch, (ns, oid))
-                    row = cur.fetchone()
-                    raise self._fenced(ref, epoch, int(row[0]) if row else 0)
-                if batch.delete_all:
-                    cur.execute(self._q_delete_all, (ns, oid))
-                if deletes:
-                    if len(deletes) == 1:
-                        for k in deletes:
-                            cur.execute(self._q_delete, (ns, oid, k))
-                    else:
-                        cur.executemany(self._q_delete, [(ns, oid, k) for k in deletes])
-                if puts:
-                    if len(puts) == 1:
-                        for k, v in puts.items():
-                            cur.execute(self._q_upsert, (ns, oid, k, v))
-                    else:
-                        cur.executemany(
-                            self._q_upsert, [(ns, oid, k, v) for k, v in puts.items()])
-                raw.commit()
-            except self._errors as exc:
-                with contextlib.suppress(Exception):
-                    raw.rollback()
-                self._heal_commit_writer(raw)
-                raise self._map(exc, "commit") from exc
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    raw.rollback()
-                raise
+        if batch.delete_all:
+            cur.execute(self._q_delete_all, (ns, oid))
+        if deletes:
+            if len(deletes) == 1:
+                for k in deletes:
+                    cur.execute(self._q_delete, (ns, oid, k))
+            else:
+                cur.executemany(self._q_delete, [(ns, oid, k) for k in deletes])
+        if puts:
+            if len(puts) == 1:
+                for k, v in puts.items():
+                    cur.execute(self._q_upsert, (ns, oid, k, v))
+            else:
+                cur.executemany(self._q_upsert, [(ns, oid, k, v) for k, v in puts.items()])
+        return None
+
+    def _apply_acquire(self, cur: Any, op: AcquireOp) -> Lease | LeaseHeld:
+        """Inside an open write transaction: :meth:`acquire`'s steps, on the raw cursor."""
+        ns, oid = op.ref.namespace, op.ref.id
+        cur.execute(self._q_acq_insert, (ns, oid, op.name, False))
+        cur.execute(self._q_acq_lock, (ns, oid))
+        epoch, owner, address, until = cur.fetchone()
+        if owner is not None and owner != op.owner and until > op.now:
+            return LeaseHeld(Lease(int(epoch), owner, address, float(until)))
+        epoch = int(epoch) + 1
+        cur.execute(self._q_acq_take,
+                    (epoch, op.owner, op.address, op.until, False, op.name, ns, oid))
+        return Lease(epoch, op.owner, op.address, op.until)
 
     @contextlib.contextmanager
     def _commit_writer(self) -> Iterator[tuple[Any, Any]]:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from duro.backends.base import Backend, LeaseHeld, ObjectRef
 from duro.backends.registry import open_backend
 from duro.clock import Clock, SystemClock
+from duro.committer import Committer
 from duro.config import resolve_backend_url
 from duro.deadlines import Deadlines
 from duro.errors import ConfigError, DuroError, ObjectReset
@@ -125,6 +126,7 @@ class App:
         self._websockets: Any = None
         self._tasks: set[asyncio.Future[None]] = set()
         self._deadlines = Deadlines()
+        self.committer = Committer(self)
         self._http: Any = None  # a duro.server.Server when serving HTTP (duro serve)
 
     # -- lifecycle ------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from duro.backends.base import Batch, Lease, ObjectRef
+from duro.backends.base import Batch, CommitOp, Lease, ObjectRef, ReleaseOp
 from duro.calls import decode_args, encode_result, pack_error
 from duro.errors import DuroError, ObjectReset, Overloaded
 from duro.objects import AlarmInfo, Context, DurableObject, _instantiate
@@ -190,7 +190,7 @@ class Instance:
             self._cancel_alarm_timer()
             if self._broken is None:
                 with contextlib.suppress(DuroError):  # else the lease expires by itself
-                    await self.read(self.backend.release, self.ref, self.epoch)
+                    await self.app.committer.submit(ReleaseOp(self.ref, self.epoch))
         finally:
             self.ns._forget(self)
             self.closed.set()
@@ -387,9 +387,7 @@ class Instance:
         n = len(batch.puts) + len(batch.deletes) + int(batch.delete_all)
         self.stats.flushed_writes += n
         self.stats.max_batch = max(self.stats.max_batch, n)
-        await asyncio.get_running_loop().run_in_executor(
-            self.app.executor, self.backend.commit, self.ref, self.epoch, batch
-        )
+        await self.app.committer.submit(CommitOp(self.ref, self.epoch, batch))
         if renew:
             self._lease_valid_until = max(
                 self._lease_valid_until, sent + cfg.lease_ttl - cfg.drift_margin

@@ -8,7 +8,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
-from duro.backends.base import LeaseHeld, ObjectRef
+from duro.backends.base import AcquireOp, LeaseHeld, ObjectRef
 from duro.calls import encode_args, unpack
 from duro.errors import BackendUnavailable, CallTimeout, InvalidObjectId, ObjectError
 from duro.ids import ObjectId, id_from_name, id_from_string, new_unique_id
@@ -260,9 +260,9 @@ class Namespace(Generic[T]):
             app._check_open()
             sent, now = clock.monotonic(), clock.time()
             try:
-                lease = await app.io(
-                    app.backend.acquire, ref, owner=app.owner_id, address=app.address,
-                    now=now - cfg.drift_margin, until=now + cfg.lease_ttl, name=oid.name)
+                lease = await app.committer.submit(AcquireOp(
+                    ref, app.owner_id, app.address, now - cfg.drift_margin, now + cfg.lease_ttl,
+                    oid.name))
                 break
             except LeaseHeld as held:
                 cur = held.lease
