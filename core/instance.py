@@ -102,6 +102,8 @@ class Instance:
         self.obj: DurableObject | None = None
         self._queue: deque[_Event] = deque()
         self._worker: asyncio.Task[None] | None = None
+        self._wake: asyncio.Future[None] | None = None  # set while the worker waits for events
+        self._busy = False  # the worker is running events (not waiting for any)
         self._gate_holders = 0
         self._gate_free = asyncio.Event()
         self._gate_free.set()
@@ -140,7 +142,7 @@ class Instance:
         """No queued or running event, no flush, no background task."""
         return (
             not self._queue
-            and self._worker is None
+            and not self._busy
             and not self.storage.flushing
             and not self._tasks
             and self._gate_holders == 0
@@ -165,6 +167,7 @@ class Instance:
         for ev in queued:
             if ev.fut is not None and not ev.fut.done():
                 ev.fut.set_exception(Gone())
+        self._wake_worker()  # it sees the reset and ends
         self.closed.set()
 
     def cancel_worker(self) -> None:
@@ -179,7 +182,7 @@ class Instance:
             return
         self._closing = True
         try:
-            while self._worker is not None or self._queue:
+            while self._busy or self._queue:
                 await asyncio.sleep(0.001)
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -193,6 +196,7 @@ class Instance:
                     await self.app.committer.submit(ReleaseOp(self.ref, self.epoch))
         finally:
             self.ns._forget(self)
+            self._wake_worker()  # it sees the instance closing and ends
             self.closed.set()
 
     # -- events ---------------------------------------------------------------------------------
@@ -246,12 +250,33 @@ class Instance:
                 raise ObjectReset(f"object was reset: {self._broken}")
 
     def _kick(self) -> None:
-        if self._worker is None:
+        """A new event is queued: wake the worker, or start it."""
+        if self._wake is not None:
+            self._wake_worker()
+        elif self._worker is None:
+            self._busy = True
             self._worker = asyncio.ensure_future(self._run())
 
+    def _wake_worker(self) -> None:
+        wake, self._wake = self._wake, None
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
     async def _run(self) -> None:
+        """The object's one long-lived worker: runs queued events one at a time, then waits
+        for the next (a new task per call costs more than the call itself)."""
+        loop = asyncio.get_running_loop()
         try:
-            while self._queue and self._broken is None:
+            while self._broken is None:
+                if not self._queue:
+                    self._busy = False
+                    self.last_active = self.app.clock.monotonic()
+                    if self._closing or self._broken is not None:
+                        return
+                    self._wake = loop.create_future()
+                    await self._wake
+                    self._busy = True
+                    continue
                 if self.app.clock.monotonic() >= self._lease_valid_until:
                     renewing = self._renew_soon()  # never serve from a cache we may not own
                     if renewing is not None:
@@ -270,6 +295,8 @@ class Instance:
                     await self._call_turn(ev)
         finally:
             self._worker = None
+            self._wake = None
+            self._busy = False
             self.last_active = self.app.clock.monotonic()
 
     async def _wait_gate(self) -> None:
@@ -309,6 +336,12 @@ class Instance:
 
     def _release(self, fut: asyncio.Future[bytes], out: bytes) -> None:
         """Send *out* once all earlier writes are durable and the lease is valid (output gate)."""
+        storage = self.storage
+        if (storage._durable_seq >= storage._write_seq and storage._broken is None
+                and self.app.clock.monotonic() < self._lease_valid_until):
+            if not fut.done():  # nothing pending and the lease valid: the gate is open now
+                fut.set_result(out)
+            return
 
         def gate_open(exc: BaseException | None) -> None:
             if fut.done():
@@ -324,7 +357,7 @@ class Instance:
         if self._ack_early:  # mutant: release outputs before their writes are durable
             gate_open(None)
             return
-        self.storage.after_durable(self.storage.write_seq, gate_open)
+        storage.after_durable(storage._write_seq, gate_open)
 
     # -- lease ----------------------------------------------------------------------------------
 
