@@ -27,9 +27,9 @@ from duro.errors import ConfigError, DuroError
 __all__ = [
     "FORMAT_VERSION",
     "UNCHANGED",
+    "AcquireOp",
     "Backend",
     "BackendURL",
-    "AcquireOp",
     "Batch",
     "CommitOp",
     "Lease",
@@ -109,7 +109,7 @@ class Batch:
 
 @dataclass(frozen=True, slots=True)
 class CommitOp:
-    """:meth:`Backend.commit` of *batch* under *epoch*, as one item of :meth:`Backend.commit_many`."""
+    """:meth:`Backend.commit` of *batch* under *epoch*, one item of :meth:`Backend.commit_many`."""
 
     ref: ObjectRef
     epoch: int

@@ -27,8 +27,14 @@ import msgpack
 from duro.bench.hdr import Histogram
 from duro.bench.report import Measurement
 
-__all__ = ["FloorStub", "ThreadHandoff", "many_objects", "rss_bytes", "resident_memory",
-           "run_each_once"]
+__all__ = [
+    "FloorStub",
+    "ThreadHandoff",
+    "many_objects",
+    "resident_memory",
+    "rss_bytes",
+    "run_each_once",
+]
 
 
 def rss_bytes() -> int:

@@ -16,7 +16,7 @@ import functools
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from duro.backends.base import Batch, CommitOp, Lease, ObjectRef, ReleaseOp
@@ -62,15 +62,14 @@ class Gone(Exception):
     """The instance stopped taking events before this one started: dispatch it again."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Event:
-    kind: str  # "call" | "alarm"
+    kind: str  # "call" | "alarm" | "delete"
     method: str
     payload: bytes
     chain: Chain
     fut: asyncio.Future[bytes] | None
     retry: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Instance:
@@ -203,7 +202,14 @@ class Instance:
 
     async def call(self, method: str, payload: bytes, chain: Chain) -> bytes:
         """Queue a call and return its reply envelope once the output gate releases it."""
-        if not self.accepting:
+        return await self.enqueue(method, payload, chain)
+
+    def enqueue(self, method: str, payload: bytes, chain: Chain) -> asyncio.Future[bytes]:
+        """Queue a call; the future is its reply envelope, once the output gate releases it.
+
+        Raises :class:`Gone` at once if the instance takes no events.
+        """
+        if self._broken is not None or self._closing:
             raise Gone()
         if len(self._queue) >= self.app.config.max_queue:
             raise Overloaded(
@@ -212,7 +218,7 @@ class Instance:
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._queue.append(_Event("call", method, payload, chain, fut))
         self._kick()
-        return await fut
+        return fut
 
     async def delete(self) -> bytes:
         """Queue the deletion of this object's state; runs as a turn on the owner."""

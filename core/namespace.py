@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ class Stub:
     """A handle on one object: every public ``async def`` of its class is callable here.
 
     Arguments and results pass by value through the codec, the same in-process and remote.
+    Each namespace makes one subclass with a method per callable name, resolved once per
+    class (see :func:`_stub_class`); ``__getattr__`` only serves names it does not define.
     """
 
     __slots__ = ("_calls", "_ns", "id")
@@ -60,7 +63,7 @@ class Stub:
     def __init__(self, ns: Namespace[Any], oid: ObjectId) -> None:
         self._ns = ns
         self.id = oid
-        self._calls: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {}
+        self._calls: dict[str, Callable[..., Coroutine[Any, Any, Any]]] | None = None
 
     @property
     def name(self) -> str | None:
@@ -68,8 +71,11 @@ class Stub:
         return self.id.name
 
     def __getattr__(self, method: str) -> Callable[..., Coroutine[Any, Any, Any]]:
+        calls = self._calls
+        if calls is None:
+            calls = self._calls = {}
         try:
-            return self._calls[method]
+            return calls[method]
         except KeyError:
             pass
         if method not in self._ns._methods:
@@ -83,11 +89,29 @@ class Stub:
             return await ns._call(oid, method, args, kwargs)
 
         call.__name__ = method
-        self._calls[method] = call
+        calls[method] = call
         return call
 
     def __repr__(self) -> str:
         return f"<Stub {self._ns.name} {self.id.name or self.id.hex[:12]}>"
+
+
+def _stub_method(method: str) -> Callable[..., Coroutine[Any, Any, Any]]:
+    async def call(self: Stub, *args: Any, **kwargs: Any) -> Any:
+        return await self._ns._call(self.id, method, args, kwargs)
+
+    call.__name__ = call.__qualname__ = method
+    return call
+
+
+def _stub_class(cls: type, methods: frozenset[str]) -> type[Stub]:
+    """The :class:`Stub` subclass of one object class: its methods as plain class attributes,
+    so a call resolves them like any method (no ``__getattr__``, no closure per stub)."""
+    attrs: dict[str, Any] = {"__slots__": ()}
+    for m in methods:
+        if not hasattr(Stub, m):  # never shadow the stub's own attributes (id, name…)
+            attrs[m] = _stub_method(m)
+    return type(f"{cls.__name__}Stub", (Stub,), attrs)
 
 
 class Namespace(Generic[T]):
@@ -105,6 +129,7 @@ class Namespace(Generic[T]):
             if not n.startswith("_") and n not in HOOKS
         )
         self._retired = ObjectStats()
+        self._stub_cls = _stub_class(cls, self._methods)
 
     # -- IDs and stubs --------------------------------------------------------------------------
 
@@ -133,11 +158,11 @@ class Namespace(Generic[T]):
 
     def get(self, oid: ObjectId | str) -> Stub:
         """A stub for the object *oid* (no I/O: the object activates on the first call)."""
-        return Stub(self, self._check_id(oid))
+        return self._stub_cls(self, self._check_id(oid))
 
     def get_by_name(self, name: str) -> Stub:
         """``get(id_from_name(name))``."""
-        return Stub(self, self.id_from_name(name))
+        return self._stub_cls(self, self.id_from_name(name))
 
     # -- registry -------------------------------------------------------------------------------
 
@@ -180,10 +205,17 @@ class Namespace(Generic[T]):
         payload = encode_args(method, args, kwargs)
         if cur is not None:
             await cur[0].output_ready()  # an outgoing call is an output
-        deadlines = self.app._deadlines
-        token = deadlines.add(self.app.clock.monotonic() + self.app.config.call_timeout)
+        app = self.app
+        deadlines = app._deadlines
+        token = deadlines.add(app.clock.monotonic() + app.config.call_timeout)
         try:
-            reply = await self._invoke(oid, method, payload, chain)
+            inst = self._instances.get(oid.hex)
+            reply = None
+            if inst is not None and app._state == "open":
+                with contextlib.suppress(Gone):  # the object is live here: no dispatch loop
+                    reply = await inst.enqueue(method, payload, chain)
+            if reply is None:
+                reply = await self._invoke(oid, method, payload, chain)
         except asyncio.CancelledError:
             if deadlines.expired(token):
                 raise CallTimeout(
