@@ -64,6 +64,7 @@ from duro.backends.base import (
     CommitOp,
     Lease,
     LeaseHeld,
+    Loaded,
     ObjectInfo,
     ObjectRef,
     WriteOp,
@@ -707,13 +708,18 @@ class LMDBBackend(Backend):
         name: str | None = None,
     ) -> Lease:
         """Take ownership under a new epoch (see :meth:`Backend.acquire`)."""
-        return self._use().write(self._acquire_fn(ref, owner, address, now, until, name))
+        lease = self._use().write(self._acquire_fn(ref, owner, address, now, until, name, None))
+        assert isinstance(lease, Lease)
+        return lease
 
     def _acquire_fn(self, ref: ObjectRef, owner: str, address: str | None, now: float,
-                    until: float, name: str | None) -> Callable[[lmdb.Transaction[bytes]], Lease]:
+                    until: float, name: str | None, load: int | None
+                    ) -> Callable[[lmdb.Transaction[bytes]], Lease | Loaded]:
+        """The write-transaction body of an acquire; with *load*, also read the alarm and
+        the first *load* rows after the epoch bump, in the same transaction."""
         prefix = lk.object_prefix(ref)
 
-        def fn(txn: lmdb.Transaction[bytes]) -> Lease:
+        def fn(txn: lmdb.Transaction[bytes]) -> Lease | Loaded:
             rec = self._objects_rec(txn, prefix, ref)
             if rec is not None and rec.owner is not None and rec.owner != owner \
                     and rec.until > now:
@@ -727,7 +733,11 @@ class LMDBBackend(Backend):
             if name is not None:
                 rec.name = name
             txn.put(prefix, rec.pack(), db=self._env.objects)
-            return rec.lease()
+            if load is None:
+                return rec.lease()
+            rows = lk.scan(txn, self._env.kv, prefix, None, None, reverse=False, limit=load) \
+                if load > 0 else []
+            return Loaded(rec.lease(), rec.alarm, rows)
 
         return fn
 
@@ -830,7 +840,7 @@ class LMDBBackend(Backend):
                 fns.append(self._commit_fn(op.ref, op.epoch, op.batch, skip))
             elif isinstance(op, AcquireOp):
                 fns.append(self._acquire_fn(op.ref, op.owner, op.address, op.now, op.until,
-                                            op.name))
+                                            op.name, op.load))
             else:
                 fns.append(self._release_fn(op.ref, op.epoch))
         return [c.error if c.error is not None else c.result for c in env.write_many(fns)]

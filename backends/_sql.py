@@ -15,7 +15,12 @@ Fencing: a commit is one transaction that starts with
 records the last-active time), requires it to hit exactly one row, then applies delete-all,
 deletes, puts and the alarm, and commits. PostgreSQL re-checks that WHERE after waiting on a
 concurrent updater's row lock, so the same statement fences there too; acquire takes the row
-with ``SELECT ... FOR UPDATE``.
+with ``SELECT ... FOR UPDATE``. On SQLite a batch that changes nothing in the object's row
+checks the epoch with a plain read instead: the transaction holds the write lock from
+``BEGIN IMMEDIATE`` on, so that is as atomic, and the objects page stays out of the WAL.
+
+Group commit (:meth:`SQLBackend.commit_many`): many objects' batches, lease acquires and
+releases run in one write transaction, each op fenced by its own epoch check.
 
 URL options: ``sync=full|normal|off`` (SQLite ``synchronous=FULL|NORMAL|OFF``, PostgreSQL
 ``synchronous_commit=on|off|off``) and ``busy_timeout`` (seconds to wait for SQLite's write
@@ -49,6 +54,7 @@ from duro.backends.base import (
     CommitOp,
     Lease,
     LeaseHeld,
+    Loaded,
     ObjectInfo,
     ObjectRef,
     WriteOp,
@@ -194,6 +200,16 @@ class SQLBackend(Backend):
             for rev in (False, True) for lim in (False, True)
         }
         self._begin_write = dialect.begin_write
+        self._read_fence = dialect.name == "sqlite"  # see _apply_commit
+        # SQLite at sync=full: a group of only lease acquires and releases commits without
+        # its own fsync (WAL, synchronous=NORMAL: never corrupt); the next synced commit makes
+        # it durable with everything before it. Safe on one host: the only thing an unsynced
+        # acquire guards is the lease, and an OS crash that could lose it also ends every
+        # process on the host that could hold it. Nothing is released on the strength of it
+        # (outputs wait for their own synced commits, and reads see only committed state).
+        self._relax_sync: tuple[str, str] | None = (
+            ("PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL")
+            if dialect.name == "sqlite" and url.sync_level() == "full" else None)
         self._begin_snapshot = dialect.begin_snapshot
 
         self._open_writer()
@@ -548,8 +564,11 @@ class SQLBackend(Backend):
         order = sorted(range(len(ops)), key=lambda i: (ops[i].ref.namespace, ops[i].ref.id))
         out: list[object] = [None] * len(ops)
         skip_fence = self._mutant_group_skip_fence
+        relax = self._relax_sync is not None and not any(isinstance(op, CommitOp) for op in ops)
         with self._commit_writer() as (cur, raw):
             try:
+                if relax:
+                    cur.execute(self._relax_sync[0])  # type: ignore[index]
                 if self._begin_write is not None:
                     cur.execute(self._begin_write)
                 for i in order:
@@ -570,18 +589,36 @@ class SQLBackend(Backend):
                 with contextlib.suppress(Exception):
                     raw.rollback()
                 raise
+            finally:
+                if relax:
+                    with contextlib.suppress(Exception):
+                        cur.execute(self._relax_sync[1])  # type: ignore[index]
         return out
 
     def _apply_commit(self, cur: Any, ref: ObjectRef, epoch: int, batch: Batch,
                       skip_fence: bool) -> Fenced | None:
         """Inside an open write transaction: fence, then apply *batch*; the error if fenced.
 
-        The fencing UPDATE is the first statement: when it matches no row nothing of the batch
-        has been applied (unless *skip_fence*, the test-only mutant, applies it anyway).
+        The fencing check is the first statement (an UPDATE of the object's row, or on SQLite
+        a read of its epoch when the row has nothing to change): when it fails nothing of the
+        batch has been applied (unless *skip_fence*, the test-only mutant, applies it anyway).
         """
         ns = ref.namespace
         oid = ref.id
         alarm = batch.alarm
+        if (self._read_fence and alarm is UNCHANGED and not batch.delete_all
+                and batch.lease_until is None and batch.active_at is None):
+            # Nothing to change in the object's row: read its epoch instead of updating it
+            # (an UPDATE would put the objects page in the WAL again on every commit). On
+            # SQLite this transaction holds the database's write lock since BEGIN IMMEDIATE,
+            # so the epoch cannot change before it commits: the check is as atomic.
+            cur.execute(self._q_epoch, (ns, oid))
+            row = cur.fetchone()
+            current = int(row[0]) if row else 0
+            if current != epoch and not skip_fence:
+                return self._fenced(ref, epoch, current)
+            self._apply_rows(cur, ns, oid, batch)
+            return None
         if alarm is UNCHANGED:
             if batch.delete_all:
                 fence = self._q_fence_alarm
@@ -598,6 +635,11 @@ class SQLBackend(Backend):
             cur.execute(self._q_epoch, (ns, oid))
             row = cur.fetchone()
             return self._fenced(ref, epoch, int(row[0]) if row else 0)
+        self._apply_rows(cur, ns, oid, batch)
+        return None
+
+    def _apply_rows(self, cur: Any, ns: str, oid: str, batch: Batch) -> None:
+        """The batch's row changes (after its fencing check passed)."""
         puts = batch.puts
         deletes = batch.deletes
         if batch.delete_all:
@@ -614,10 +656,10 @@ class SQLBackend(Backend):
                     cur.execute(self._q_upsert, (ns, oid, k, v))
             else:
                 cur.executemany(self._q_upsert, [(ns, oid, k, v) for k, v in puts.items()])
-        return None
 
-    def _apply_acquire(self, cur: Any, op: AcquireOp) -> Lease | LeaseHeld:
-        """Inside an open write transaction: :meth:`acquire`'s steps, on the raw cursor."""
+    def _apply_acquire(self, cur: Any, op: AcquireOp) -> Lease | Loaded | LeaseHeld:
+        """Inside an open write transaction: :meth:`acquire`'s steps, on the raw cursor, then
+        (with ``op.load``) the object's alarm and first rows as of the new epoch."""
         ns, oid = op.ref.namespace, op.ref.id
         cur.execute(self._q_acq_insert, (ns, oid, op.name, False))
         cur.execute(self._q_acq_lock, (ns, oid))
@@ -627,7 +669,17 @@ class SQLBackend(Backend):
         epoch = int(epoch) + 1
         cur.execute(self._q_acq_take,
                     (epoch, op.owner, op.address, op.until, False, op.name, ns, oid))
-        return Lease(epoch, op.owner, op.address, op.until)
+        lease = Lease(epoch, op.owner, op.address, op.until)
+        if op.load is None:
+            return lease
+        cur.execute(self._q_alarm, (ns, oid))
+        row = cur.fetchone()
+        alarm = None if row is None or row[0] is None else float(row[0])
+        rows: list[tuple[bytes, bytes]] = []
+        if op.load > 0:
+            cur.execute(self._q_scan[(False, False, False, True)], (ns, oid, op.load))
+            rows = [(bytes(k), bytes(v)) for k, v in cur.fetchall()]
+        return Loaded(lease, alarm, rows)
 
     @contextlib.contextmanager
     def _commit_writer(self) -> Iterator[tuple[Any, Any]]:

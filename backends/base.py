@@ -34,6 +34,7 @@ __all__ = [
     "CommitOp",
     "Lease",
     "LeaseHeld",
+    "Loaded",
     "ObjectInfo",
     "ObjectRef",
     "ReleaseOp",
@@ -121,8 +122,24 @@ class CommitOp:
 
 
 @dataclass(frozen=True, slots=True)
+class Loaded:
+    """An :class:`AcquireOp`'s result when it also loads: the lease, then what the object
+    holds under it (its alarm and its first rows in key order)."""
+
+    lease: Lease
+    alarm: float | None
+    rows: list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
 class AcquireOp:
-    """:meth:`Backend.acquire`, as one item of :meth:`Backend.commit_many` (result: a Lease)."""
+    """:meth:`Backend.acquire`, as one item of :meth:`Backend.commit_many`.
+
+    The result is the :class:`Lease`; with *load* (a row count) it is a :class:`Loaded`: the
+    alarm and the first *load* rows, read after the epoch bump (a group-commit backend reads
+    them inside the same transaction, so they are exactly the state the new epoch starts
+    from: any later write by a stale owner is fenced).
+    """
 
     ref: ObjectRef
     owner: str
@@ -130,11 +147,16 @@ class AcquireOp:
     now: float
     until: float
     name: str | None = None
+    load: int | None = None
 
-    def apply(self, backend: Backend) -> Lease:
+    def apply(self, backend: Backend) -> Lease | Loaded:
         """Run it alone."""
-        return backend.acquire(self.ref, owner=self.owner, address=self.address, now=self.now,
-                               until=self.until, name=self.name)
+        lease = backend.acquire(self.ref, owner=self.owner, address=self.address, now=self.now,
+                                until=self.until, name=self.name)
+        if self.load is None:
+            return lease
+        return Loaded(lease, backend.get_alarm(self.ref),
+                      backend.scan(self.ref, None, None, limit=self.load))
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@
   object, one Future per call, a msgpack copy of the arguments and of the result), measured
   in the same run as duro's stub calls.
 - :class:`ThreadHandoff`: a raw commit run through the same loop → thread → loop handoff that
-  duro's commits take (``run_in_executor`` on a thread pool), the baseline of the lone put.
+  duro's commits take (its dedicated writer thread), the baseline of the lone put.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import gc
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgpack
@@ -200,15 +199,18 @@ class FloorStub:
 
 
 class ThreadHandoff:
-    """Run a blocking function on a pool thread, awaited from the loop (duro's I/O handoff)."""
+    """Run a blocking function on a dedicated thread, awaited from the loop: the same handoff
+    (:class:`duro.committer.WriterThread`) that carries duro's group commits."""
 
     def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="bench-raw")
+        from duro.committer import WriterThread
+
+        self._thread = WriterThread("bench-raw")
 
     async def run(self, fn: Callable[[], object]) -> object:
-        """``await`` *fn* run on the pool thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+        """``await`` *fn* run on the thread."""
+        return await self._thread.run(fn)
 
     def close(self) -> None:
         """Stop the thread."""
-        self._pool.shutdown(wait=True)
+        self._thread.close()

@@ -770,7 +770,7 @@ class Runner:
 
             stub, floor = stubs[0], FloorStub(PlainObject())
             try:
-                pools = [[("get", 0, "")]] * clients
+                pools: list[list[Op]] = [[("get", 0, "")]] * clients
                 base = self._async_slices(pools, lambda _c, _op: floor.call("noop"))
                 duro_side = self._async_slices(pools, lambda _c, _op: stub.noop())
                 self._baselines[key], m = await self._paired(cfg.target_duration, base,

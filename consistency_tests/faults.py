@@ -42,7 +42,16 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 from duro.backends._proxy import ProxyBackend
-from duro.backends.base import AcquireOp, Backend, Batch, CommitOp, Lease, ObjectRef, WriteOp
+from duro.backends.base import (
+    AcquireOp,
+    Backend,
+    Batch,
+    CommitOp,
+    Lease,
+    Loaded,
+    ObjectRef,
+    WriteOp,
+)
 from duro.consistency.history import Event, History
 from duro.consistency.workloads import RESET_ERRORS
 from duro.errors import BackendUnavailable
@@ -96,8 +105,8 @@ class AcquireLog(ProxyBackend):
     def commit_many(self, ops: Sequence[WriteOp]) -> list[object]:
         out = self.inner.commit_many(ops)
         for op, res in zip(ops, out, strict=True):
-            if isinstance(op, AcquireOp) and isinstance(res, Lease):
-                self._granted(op.ref, res)
+            if isinstance(op, AcquireOp) and isinstance(res, Lease | Loaded):
+                self._granted(op.ref, res if isinstance(res, Lease) else res.lease)
         return out
 
     def _granted(self, ref: ObjectRef, lease: Lease) -> None:

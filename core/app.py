@@ -188,6 +188,7 @@ class App:
             await self._transport.stop()
         if self._backend is not None and self._backend_obj is None:
             await self.io(self._backend.close)
+        self.committer.close()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
 

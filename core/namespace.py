@@ -286,15 +286,31 @@ class Namespace(Generic[T]):
             del self._activating[oid.hex]
 
     async def _do_activate(self, oid: ObjectId) -> Instance:
+        """Acquire the lease and load the object's state in one op of the App's committer.
+
+        Activation costs no synced commit of its own: the acquire shares a group transaction
+        with whatever other objects queued meanwhile (their acquires and batches), and the
+        same op reads the alarm and the preload rows after the epoch bump, inside that
+        transaction (one executor hop, no separate read). Safety:
+
+        - the object exists only once that transaction has committed, so no turn runs, and
+          no output leaves, before the lease is established;
+        - the reads belong to the new epoch: they are the state the epoch bump saw, and a
+          stale owner's later write is fenced; a failed or fenced group fails the activation
+          and nothing was served from what it read;
+        - on SQLite at sync=full a group of only acquires and releases is not fsynced by
+          itself (see the SQL backend): the object's first synced commit covers it, and a
+          crash that loses it ends every process on the host that could use it.
+        """
         app, cfg, clock = self.app, self.app.config, self.app.clock
         ref = ObjectRef(self.name, oid.hex)
         while True:
             app._check_open()
             sent, now = clock.monotonic(), clock.time()
             try:
-                lease = await app.committer.submit(AcquireOp(
+                got = await app.committer.submit(AcquireOp(
                     ref, app.owner_id, app.address, now - cfg.drift_margin, now + cfg.lease_ttl,
-                    oid.name))
+                    oid.name, load=cfg.storage_limits.preload_keys))
                 break
             except LeaseHeld as held:
                 cur = held.lease
@@ -302,7 +318,7 @@ class Namespace(Generic[T]):
                     raise Elsewhere(cur.address, cur.until) from None
                 # Nobody to forward to: wait for the holder's lease to end.
                 await clock.sleep(min(max(cur.until + cfg.drift_margin - now, 0.01), 1.0))
-        alarm, preload = await app.io(self._load, ref)
+        lease, alarm, preload = got.lease, got.alarm, got.rows
         inst = Instance(self, oid, lease, sent, alarm, preload)
         self._instances[oid.hex] = inst
         try:
@@ -312,11 +328,6 @@ class Namespace(Generic[T]):
             await app.io(app.backend.release, ref, lease.epoch)
             raise
         return inst
-
-    def _load(self, ref: ObjectRef) -> tuple[float | None, list[tuple[bytes, bytes]]]:
-        backend = self.app.backend
-        n = self.app.config.storage_limits.preload_keys
-        return backend.get_alarm(ref), backend.scan(ref, None, None, limit=n)
 
     def _forget(self, inst: Instance) -> None:
         if self._instances.get(inst.oid.hex) is inst:
