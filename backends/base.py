@@ -22,19 +22,24 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Final
 from urllib.parse import parse_qsl, urlsplit
 
-from duro.errors import ConfigError
+from duro.errors import ConfigError, DuroError
 
 __all__ = [
     "FORMAT_VERSION",
     "UNCHANGED",
+    "AcquireOp",
     "Backend",
     "BackendURL",
     "Batch",
+    "CommitOp",
     "Lease",
     "LeaseHeld",
+    "Loaded",
     "ObjectInfo",
     "ObjectRef",
+    "ReleaseOp",
     "SyncLevel",
+    "WriteOp",
     "check_format_version",
 ]
 
@@ -101,6 +106,73 @@ class Batch:
         return bool(
             self.puts or self.deletes or self.delete_all or self.alarm is not UNCHANGED
         )
+
+
+@dataclass(frozen=True, slots=True)
+class CommitOp:
+    """:meth:`Backend.commit` of *batch* under *epoch*, one item of :meth:`Backend.commit_many`."""
+
+    ref: ObjectRef
+    epoch: int
+    batch: Batch
+
+    def apply(self, backend: Backend) -> None:
+        """Run it alone."""
+        backend.commit(self.ref, self.epoch, self.batch)
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """An :class:`AcquireOp`'s result when it also loads: the lease, then what the object
+    holds under it (its alarm and its first rows in key order)."""
+
+    lease: Lease
+    alarm: float | None
+    rows: list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class AcquireOp:
+    """:meth:`Backend.acquire`, as one item of :meth:`Backend.commit_many`.
+
+    The result is the :class:`Lease`; with *load* (a row count) it is a :class:`Loaded`: the
+    alarm and the first *load* rows, read after the epoch bump (a group-commit backend reads
+    them inside the same transaction, so they are exactly the state the new epoch starts
+    from: any later write by a stale owner is fenced).
+    """
+
+    ref: ObjectRef
+    owner: str
+    address: str | None
+    now: float
+    until: float
+    name: str | None = None
+    load: int | None = None
+
+    def apply(self, backend: Backend) -> Lease | Loaded:
+        """Run it alone."""
+        lease = backend.acquire(self.ref, owner=self.owner, address=self.address, now=self.now,
+                                until=self.until, name=self.name)
+        if self.load is None:
+            return lease
+        return Loaded(lease, backend.get_alarm(self.ref),
+                      backend.scan(self.ref, None, None, limit=self.load))
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseOp:
+    """:meth:`Backend.release`, as one item of :meth:`Backend.commit_many`."""
+
+    ref: ObjectRef
+    epoch: int
+
+    def apply(self, backend: Backend) -> None:
+        """Run it alone."""
+        backend.release(self.ref, self.epoch)
+
+
+WriteOp = CommitOp | AcquireOp | ReleaseOp
+"""One object's write that may share a durable transaction with other objects' writes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,8 +289,15 @@ class Backend(ABC):
     """Several OS processes on one host may share it."""
     multi_host: ClassVar[bool] = False
     """Several hosts may share it."""
+    group_commit: ClassVar[bool] = False
+    """:meth:`commit_many` runs many objects' writes in one durable transaction (one sync), so
+    the runtime gathers the writes queued by many objects and hands them over together.
+    Without it the runtime commits each object's batch on its own, in parallel (S3)."""
 
     url: BackendURL
+    _mutant_group_skip_fence: bool = False
+    """Test-only mutation (consistency mutant ``group-skip-fence``): :meth:`commit_many`
+    lands a fenced :class:`CommitOp`'s writes in the shared transaction. Never set it."""
 
     @classmethod
     @abstractmethod
@@ -290,6 +369,28 @@ class Backend(ABC):
         *epoch*. If the outcome is unknown after retries, raise
         :class:`~duro.errors.BackendUnavailable`.
         """
+
+    def commit_many(self, ops: Sequence[WriteOp]) -> list[object]:
+        """Run several objects' writes; one result per op, in order, or the exception it raised.
+
+        Every op keeps its own guarantees: a :class:`CommitOp` is atomic and checked against
+        its own epoch, an :class:`AcquireOp` bumps its own epoch. A fenced op (or a held
+        lease) fails **alone**: its result is the :class:`~duro.errors.Fenced` (or
+        :class:`LeaseHeld`) instance, nothing of it is applied, and the other ops still land.
+        Nothing is durable before this method returns. If the shared transaction itself fails,
+        the method raises (no op is applied, or, for
+        :class:`~duro.errors.BackendUnavailable`, the outcome is unknown for all of them).
+
+        A backend with :attr:`group_commit` applies all ops in one transaction, one sync. This
+        default runs them one after the other.
+        """
+        out: list[object] = []
+        for op in ops:
+            try:
+                out.append(op.apply(self))
+            except (DuroError, LeaseHeld) as exc:
+                out.append(exc)
+        return out
 
     @abstractmethod
     def delete_object(self, ref: ObjectRef, epoch: int) -> None:

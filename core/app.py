@@ -16,6 +16,7 @@ from duro.backends.base import Backend, LeaseHeld, ObjectRef
 from duro.backends.registry import open_backend
 from duro.clock import Clock, SystemClock
 from duro.cluster_auth import check_secret, derive_key
+from duro.committer import Committer
 from duro.config import resolve_backend_url
 from duro.deadlines import Deadlines
 from duro.errors import ConfigError, DuroError, ObjectReset
@@ -136,6 +137,7 @@ class App:
         self._websockets: Any = None
         self._tasks: set[asyncio.Future[None]] = set()
         self._deadlines = Deadlines()
+        self.committer = Committer(self)
         self._http: Any = None  # a duro.server.Server when serving HTTP (duro serve)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -199,6 +201,7 @@ class App:
             await self._transport.stop()
         if self._backend is not None and self._backend_obj is None:
             await self.io(self._backend.close)
+        self.committer.close()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
 

@@ -17,10 +17,10 @@ import logging
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from duro.backends.base import Batch, Lease, ObjectRef
+from duro.backends.base import Batch, CommitOp, Lease, ObjectRef, ReleaseOp
 from duro.calls import decode_args, encode_result, pack_error
 from duro.errors import DuroError, ObjectReset, Overloaded
 from duro.objects import AlarmInfo, Context, DurableObject, _instantiate
@@ -64,15 +64,14 @@ class Gone(Exception):
     """The instance stopped taking events before this one started: dispatch it again."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Event:
-    kind: str  # "call" | "alarm"
+    kind: str  # "call" | "alarm" | "delete"
     method: str
     payload: bytes
     chain: Chain
     fut: asyncio.Future[bytes] | None
     retry: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Instance:
@@ -104,6 +103,8 @@ class Instance:
         self.obj: DurableObject | None = None
         self._queue: deque[_Event] = deque()
         self._worker: asyncio.Task[None] | None = None
+        self._wake: asyncio.Future[None] | None = None  # set while the worker waits for events
+        self._busy = False  # the worker is running events (not waiting for any)
         self._gate_holders = 0
         self._gate_free = asyncio.Event()
         self._gate_free.set()
@@ -146,7 +147,7 @@ class Instance:
         """
         return (
             not self._queue
-            and self._worker is None
+            and not self._busy
             and not self.storage.flushing
             and not self._tasks
             and self._gate_holders == 0
@@ -172,6 +173,7 @@ class Instance:
         for ev in queued:
             if ev.fut is not None and not ev.fut.done():
                 ev.fut.set_exception(Gone())
+        self._wake_worker()  # it sees the reset and ends
         self.closed.set()
 
     def cancel_worker(self) -> None:
@@ -186,7 +188,7 @@ class Instance:
             return
         self._closing = True
         try:
-            while self._worker is not None or self._queue:
+            while self._busy or self._queue:
                 await asyncio.sleep(0.001)
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -197,16 +199,24 @@ class Instance:
             self._cancel_alarm_timer()
             if self._broken is None:
                 with contextlib.suppress(DuroError):  # else the lease expires by itself
-                    await self.read(self.backend.release, self.ref, self.epoch)
+                    await self.app.committer.submit(ReleaseOp(self.ref, self.epoch))
         finally:
             self.ns._forget(self)
+            self._wake_worker()  # it sees the instance closing and ends
             self.closed.set()
 
     # -- events ---------------------------------------------------------------------------------
 
     async def call(self, method: str, payload: bytes, chain: Chain) -> bytes:
         """Queue a call and return its reply envelope once the output gate releases it."""
-        if not self.accepting:
+        return await self.enqueue(method, payload, chain)
+
+    def enqueue(self, method: str, payload: bytes, chain: Chain) -> asyncio.Future[bytes]:
+        """Queue a call; the future is its reply envelope, once the output gate releases it.
+
+        Raises :class:`Gone` at once if the instance takes no events.
+        """
+        if self._broken is not None or self._closing:
             raise Gone()
         if len(self._queue) >= self.app.config.max_queue:
             raise Overloaded(
@@ -215,7 +225,7 @@ class Instance:
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._queue.append(_Event("call", method, payload, chain, fut))
         self._kick()
-        return await fut
+        return fut
 
     async def delete(self) -> bytes:
         """Queue the deletion of this object's state; runs as a turn on the owner."""
@@ -253,12 +263,33 @@ class Instance:
                 raise ObjectReset(f"object was reset: {self._broken}")
 
     def _kick(self) -> None:
-        if self._worker is None:
+        """A new event is queued: wake the worker, or start it."""
+        if self._wake is not None:
+            self._wake_worker()
+        elif self._worker is None:
+            self._busy = True
             self._worker = asyncio.ensure_future(self._run())
 
+    def _wake_worker(self) -> None:
+        wake, self._wake = self._wake, None
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
     async def _run(self) -> None:
+        """The object's one long-lived worker: runs queued events one at a time, then waits
+        for the next (a new task per call costs more than the call itself)."""
+        loop = asyncio.get_running_loop()
         try:
-            while self._queue and self._broken is None:
+            while self._broken is None:
+                if not self._queue:
+                    self._busy = False
+                    self.last_active = self.app.clock.monotonic()
+                    if self._closing or self._broken is not None:
+                        return
+                    self._wake = loop.create_future()
+                    await self._wake
+                    self._busy = True
+                    continue
                 if self.app.clock.monotonic() >= self._lease_valid_until:
                     renewing = self._renew_soon()  # never serve from a cache we may not own
                     if renewing is not None:
@@ -277,6 +308,8 @@ class Instance:
                     await self._call_turn(ev)
         finally:
             self._worker = None
+            self._wake = None
+            self._busy = False
             self.last_active = self.app.clock.monotonic()
 
     async def _wait_gate(self) -> None:
@@ -316,6 +349,12 @@ class Instance:
 
     def _release(self, fut: asyncio.Future[bytes], out: bytes) -> None:
         """Send *out* once all earlier writes are durable and the lease is valid (output gate)."""
+        storage = self.storage
+        if (storage._durable_seq >= storage._write_seq and storage._broken is None
+                and self.app.clock.monotonic() < self._lease_valid_until):
+            if not fut.done():  # nothing pending and the lease valid: the gate is open now
+                fut.set_result(out)
+            return
 
         def gate_open(exc: BaseException | None) -> None:
             if fut.done():
@@ -331,7 +370,7 @@ class Instance:
         if self._ack_early:  # mutant: release outputs before their writes are durable
             gate_open(None)
             return
-        self.storage.after_durable(self.storage.write_seq, gate_open)
+        storage.after_durable(storage._write_seq, gate_open)
 
     # -- lease ----------------------------------------------------------------------------------
 
@@ -394,9 +433,7 @@ class Instance:
         n = len(batch.puts) + len(batch.deletes) + int(batch.delete_all)
         self.stats.flushed_writes += n
         self.stats.max_batch = max(self.stats.max_batch, n)
-        await asyncio.get_running_loop().run_in_executor(
-            self.app.executor, self.backend.commit, self.ref, self.epoch, batch
-        )
+        await self.app.committer.submit(CommitOp(self.ref, self.epoch, batch))
         if renew:
             self._lease_valid_until = max(
                 self._lease_valid_until, sent + cfg.lease_ttl - cfg.drift_margin

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
-from duro.backends.base import LeaseHeld, ObjectRef
+from duro.backends.base import AcquireOp, LeaseHeld, ObjectRef
 from duro.calls import encode_args, unpack
 from duro.errors import BackendUnavailable, CallTimeout, ConfigError, InvalidObjectId, ObjectError
 from duro.ids import ObjectId, id_from_name, id_from_string, new_unique_id
@@ -55,6 +56,8 @@ class Stub:
     """A handle on one object: every public ``async def`` of its class is callable here.
 
     Arguments and results pass by value through the codec, the same in-process and remote.
+    Each namespace makes one subclass with a method per callable name, resolved once per
+    class (see :func:`_stub_class`); ``__getattr__`` only serves names it does not define.
     """
 
     __slots__ = ("_calls", "_ns", "id")
@@ -62,7 +65,7 @@ class Stub:
     def __init__(self, ns: Namespace[Any], oid: ObjectId) -> None:
         self._ns = ns
         self.id = oid
-        self._calls: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {}
+        self._calls: dict[str, Callable[..., Coroutine[Any, Any, Any]]] | None = None
 
     @property
     def name(self) -> str | None:
@@ -70,8 +73,11 @@ class Stub:
         return self.id.name
 
     def __getattr__(self, method: str) -> Callable[..., Coroutine[Any, Any, Any]]:
+        calls = self._calls
+        if calls is None:
+            calls = self._calls = {}
         try:
-            return self._calls[method]
+            return calls[method]
         except KeyError:
             pass
         if method not in self._ns._methods:
@@ -85,11 +91,29 @@ class Stub:
             return await ns._call(oid, method, args, kwargs)
 
         call.__name__ = method
-        self._calls[method] = call
+        calls[method] = call
         return call
 
     def __repr__(self) -> str:
         return f"<Stub {self._ns.name} {self.id.name or self.id.hex[:12]}>"
+
+
+def _stub_method(method: str) -> Callable[..., Coroutine[Any, Any, Any]]:
+    async def call(self: Stub, *args: Any, **kwargs: Any) -> Any:
+        return await self._ns._call(self.id, method, args, kwargs)
+
+    call.__name__ = call.__qualname__ = method
+    return call
+
+
+def _stub_class(cls: type, methods: frozenset[str]) -> type[Stub]:
+    """The :class:`Stub` subclass of one object class: its methods as plain class attributes,
+    so a call resolves them like any method (no ``__getattr__``, no closure per stub)."""
+    attrs: dict[str, Any] = {"__slots__": ()}
+    for m in methods:
+        if not hasattr(Stub, m):  # never shadow the stub's own attributes (id, name…)
+            attrs[m] = _stub_method(m)
+    return type(f"{cls.__name__}Stub", (Stub,), attrs)
 
 
 class Namespace(Generic[T]):
@@ -111,6 +135,7 @@ class Namespace(Generic[T]):
             if not n.startswith("_") and n not in HOOKS
         )
         self._retired = ObjectStats()
+        self._stub_cls = _stub_class(cls, self._methods)
 
     # -- IDs and stubs --------------------------------------------------------------------------
 
@@ -139,11 +164,11 @@ class Namespace(Generic[T]):
 
     def get(self, oid: ObjectId | str) -> Stub:
         """A stub for the object *oid* (no I/O: the object activates on the first call)."""
-        return Stub(self, self._check_id(oid))
+        return self._stub_cls(self, self._check_id(oid))
 
     def get_by_name(self, name: str) -> Stub:
         """``get(id_from_name(name))``."""
-        return Stub(self, self.id_from_name(name))
+        return self._stub_cls(self, self.id_from_name(name))
 
     # -- registry -------------------------------------------------------------------------------
 
@@ -186,10 +211,17 @@ class Namespace(Generic[T]):
         payload = encode_args(method, args, kwargs)
         if cur is not None:
             await cur[0].output_ready()  # an outgoing call is an output
-        deadlines = self.app._deadlines
-        token = deadlines.add(self.app.clock.monotonic() + self.app.config.call_timeout)
+        app = self.app
+        deadlines = app._deadlines
+        token = deadlines.add(app.clock.monotonic() + app.config.call_timeout)
         try:
-            reply = await self._invoke(oid, method, payload, chain)
+            inst = self._instances.get(oid.hex)
+            reply = None
+            if inst is not None and app._state == "open":
+                with contextlib.suppress(Gone):  # the object is live here: no dispatch loop
+                    reply = await inst.enqueue(method, payload, chain)
+            if reply is None:
+                reply = await self._invoke(oid, method, payload, chain)
         except asyncio.CancelledError:
             if deadlines.expired(token):
                 raise CallTimeout(
@@ -260,15 +292,31 @@ class Namespace(Generic[T]):
             del self._activating[oid.hex]
 
     async def _do_activate(self, oid: ObjectId) -> Instance:
+        """Acquire the lease and load the object's state in one op of the App's committer.
+
+        Activation costs no synced commit of its own: the acquire shares a group transaction
+        with whatever other objects queued meanwhile (their acquires and batches), and the
+        same op reads the alarm and the preload rows after the epoch bump, inside that
+        transaction (one executor hop, no separate read). Safety:
+
+        - the object exists only once that transaction has committed, so no turn runs, and
+          no output leaves, before the lease is established;
+        - the reads belong to the new epoch: they are the state the epoch bump saw, and a
+          stale owner's later write is fenced; a failed or fenced group fails the activation
+          and nothing was served from what it read;
+        - on SQLite at sync=full a group of only acquires and releases is not fsynced by
+          itself (see the SQL backend): the object's first synced commit covers it, and a
+          crash that loses it ends every process on the host that could use it.
+        """
         app, cfg, clock = self.app, self.app.config, self.app.clock
         ref = ObjectRef(self.name, oid.hex)
         while True:
             app._check_open()
             sent, now = clock.monotonic(), clock.time()
             try:
-                lease = await app.io(
-                    app.backend.acquire, ref, owner=app.owner_id, address=app.address,
-                    now=now - cfg.drift_margin, until=now + cfg.lease_ttl, name=oid.name)
+                got = await app.committer.submit(AcquireOp(
+                    ref, app.owner_id, app.address, now - cfg.drift_margin, now + cfg.lease_ttl,
+                    oid.name, load=cfg.storage_limits.preload_keys))
                 break
             except LeaseHeld as held:
                 cur = held.lease
@@ -276,7 +324,7 @@ class Namespace(Generic[T]):
                     raise Elsewhere(cur.address, cur.until) from None
                 # Nobody to forward to: wait for the holder's lease to end.
                 await clock.sleep(min(max(cur.until + cfg.drift_margin - now, 0.01), 1.0))
-        alarm, preload = await app.io(self._load, ref)
+        lease, alarm, preload = got.lease, got.alarm, got.rows
         inst = Instance(self, oid, lease, sent, alarm, preload)
         self._instances[oid.hex] = inst
         try:
@@ -286,11 +334,6 @@ class Namespace(Generic[T]):
             await app.io(app.backend.release, ref, lease.epoch)
             raise
         return inst
-
-    def _load(self, ref: ObjectRef) -> tuple[float | None, list[tuple[bytes, bytes]]]:
-        backend = self.app.backend
-        n = self.app.config.storage_limits.preload_keys
-        return backend.get_alarm(ref), backend.scan(ref, None, None, limit=n)
 
     def _forget(self, inst: Instance) -> None:
         if self._instances.get(inst.oid.hex) is inst:
