@@ -18,7 +18,7 @@ from duro.config import resolve_backend_url
 from duro.deadlines import Deadlines
 from duro.errors import ConfigError, DuroError, ObjectReset
 from duro.instance import Chain
-from duro.namespace import Elsewhere, Namespace
+from duro.namespace import Elsewhere, Namespace, OwnerGone
 from duro.objects import DurableObject
 from duro.stats import ObjectStats
 from duro.storage import StorageLimits
@@ -56,6 +56,17 @@ class AppConfig:
     alarm_retry_base: float = 2.0
     alarm_max_retries: int = 6
     io_threads: int = 32
+    forward_connections: int = 128
+    """Most calls in flight to one other process at a time (its pooled connections)."""
+    forward_queue: int = 2048
+    """Most calls waiting for one of those connections; beyond, a call is refused at once with
+    :class:`~duro.errors.Overloaded` (it was never sent)."""
+    forward_wait: float = 5.0
+    """Longest wait for a pooled connection before a call is refused with ``Overloaded``."""
+    failover_wait: float = 0.0
+    """How long a call waits for an owner that refuses connections to lose its lease before it
+    fails with :class:`~duro.errors.BackendUnavailable` (``retry_after`` = the time the lease
+    has left). 0: fail at once."""
     storage_limits: StorageLimits = field(default_factory=StorageLimits)
     cluster_secret: str | None = field(
         default_factory=lambda: os.environ.get("DURO_CLUSTER_SECRET") or None
@@ -72,6 +83,11 @@ class AppConfig:
             raise ConfigError(
                 f"unknown unsafe flag(s) {sorted(bad)}; known: {sorted(UNSAFE_FLAGS)}"
             )
+        if min(self.forward_connections, self.forward_queue + 1) < 1 or min(
+            self.forward_wait, self.failover_wait
+        ) < 0:
+            raise ConfigError("forward_connections must be >= 1; forward_queue, forward_wait "
+                              "and failover_wait must be >= 0")
         if self.lease_ttl <= self.drift_margin:
             raise ConfigError("lease_ttl must be greater than drift_margin")
 
@@ -237,7 +253,10 @@ class App:
 
     async def _forward(self, where: Elsewhere, ns: Namespace[Any], oid: ObjectId, method: str,
                        payload: bytes, chain: Chain, hops: int) -> bytes | None:
-        """Send a call to the owning process; ``None`` if it is gone and its lease has ended."""
+        """Send a call to the owning process; ``None`` if it is handing the object over.
+
+        An owner that refuses connections raises :class:`OwnerGone` (the call was not sent).
+        """
         from duro.transport import OwnerUnreachable
 
         assert self._transport is not None
@@ -248,10 +267,7 @@ class App:
             if gone.moving:  # the owner is closing: it releases the lease in a moment
                 await self.clock.sleep(0.02)
                 return None
-            # A dead owner cannot be asked; its lease must run out before anyone takes over.
-            wait = where.until + self.config.drift_margin - self.clock.time()
-            await self.clock.sleep(min(max(wait, 0.01), 1.0))
-            return None
+            raise OwnerGone(where.address, where.until) from None
         ns._retired.forwarded += 1
         return reply
 

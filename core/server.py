@@ -216,9 +216,9 @@ class Server:
             return _error(504, "the object did not answer in time")
         except CallTimeout as exc:
             return _error(504, exc.message)
-        except Overloaded as exc:
-            return _error(503, exc.message, retry)
-        except (ObjectReset, BackendUnavailable) as exc:
+        except (Overloaded, ObjectReset, BackendUnavailable) as exc:
+            if exc.retry_after is not None:
+                retry = {"retry-after": str(int(exc.retry_after))}
             return _error(503, exc.message, retry)
         except Exception:
             return _error(500)

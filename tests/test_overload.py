@@ -1,0 +1,149 @@
+"""Overload and failover: honest forwarding errors, fail-fast on a dead owner, leases that
+hold under load, and a WebSocket relay that closes cleanly in every order.
+
+Two Apps in one process share one SQLite file and forward to each other over real HTTP on
+loopback; a dead owner is a real OS process killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import duro
+from duro.errors import BackendUnavailable, CallTimeout, ConfigError, Overloaded
+from duro.testing.node import Node
+
+_HOLD: dict[str, asyncio.Event] = {}
+_ENTERED: dict[str, asyncio.Event] = {}
+
+
+class Slow(duro.DurableObject):
+    """``hold()`` answers once the test sets the event of this object's name."""
+
+    async def hold(self) -> str:
+        name = self.id.name or ""
+        _ENTERED.setdefault(name, asyncio.Event()).set()
+        await _HOLD.setdefault(name, asyncio.Event()).wait()
+        return name
+
+    async def ping(self) -> str:
+        return "pong"
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'duro.db'}"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_events() -> None:
+    _HOLD.clear()
+    _ENTERED.clear()
+
+
+async def _pair(url: str, **b_options: Any) -> AsyncIterator[tuple[duro.App, duro.App]]:
+    async with duro.App(url) as a, duro.App(url, **b_options) as b:
+        a.namespace(Slow)
+        b.namespace(Slow)
+        yield a, b
+
+
+def test_forwarding_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="forward_connections"):
+        duro.App("memory://", forward_connections=0)
+    with pytest.raises(ConfigError, match="failover_wait"):
+        duro.App("memory://", failover_wait=-1)
+
+
+def test_calls_beyond_the_pool_are_queued_or_refused_never_unknown(
+        sqlite_url: str) -> None:
+    """2 connections, 3 waiting: of 8 concurrent forwarded calls 3 are refused at once with
+    Overloaded; the other 5 all complete. None is reported "outcome unknown"."""
+    async def main() -> None:
+        async for a, b in _pair(sqlite_url, forward_connections=2, forward_queue=3,
+                                forward_wait=60.0):
+            names = [f"o{i}" for i in range(8)]
+            for n in names:  # every object lives on A
+                assert await a.namespace(Slow).get_by_name(n).ping() == "pong"
+            calls = [asyncio.ensure_future(b.namespace(Slow).get_by_name(n).hold()) for n in names]
+            # The two sent calls reach A; the refused ones fail at once.
+            await asyncio.wait(calls, return_when=asyncio.FIRST_EXCEPTION)
+            for n in names:
+                _HOLD.setdefault(n, asyncio.Event())
+            entered = [n for n in names if n in _ENTERED]
+            while len(entered) < 2:
+                await asyncio.sleep(0.01)
+                entered = [n for n in names if n in _ENTERED]
+            for ev in _HOLD.values():
+                ev.set()
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            refused = [r for r in results if isinstance(r, Overloaded)]
+            done = [r for r in results if isinstance(r, str)]
+            assert not [r for r in results if isinstance(r, CallTimeout)]
+            assert len(refused) == 3, results
+            assert all("not sent" in r.message for r in refused)
+            assert sorted(done) == sorted(set(done)) and len(done) == 5
+
+    asyncio.run(main())
+
+
+def test_a_call_that_waits_too_long_for_a_connection_is_refused_not_unknown(
+        sqlite_url: str) -> None:
+    async def main() -> None:
+        async for a, b in _pair(sqlite_url, forward_connections=1, forward_wait=0.2):
+            for n in ("x", "y"):
+                assert await a.namespace(Slow).get_by_name(n).ping() == "pong"
+            first = asyncio.ensure_future(b.namespace(Slow).get_by_name("x").hold())
+            while "x" not in _ENTERED:
+                await asyncio.sleep(0.01)
+            with pytest.raises(Overloaded, match="not sent"):
+                await b.namespace(Slow).get_by_name("y").ping()
+            _HOLD["x"].set()
+            assert await first == "x"
+
+    asyncio.run(main())
+
+
+def _dead_owner(url: str, ttl: float) -> Node:
+    """A Counter whose owner process was killed with SIGKILL while holding its lease."""
+    owner = Node(url, ttl=ttl)
+    assert owner.call("k", "increment") == 1
+    os.kill(owner.pid, signal.SIGKILL)
+    owner.proc.wait(10)
+    return owner
+
+
+def test_a_dead_owner_is_refused_at_once_with_its_remaining_lease(sqlite_url: str) -> None:
+    async def main() -> None:
+        from duro.testing.node import Counter
+
+        ttl = 30.0  # far longer than this test runs: only fail-fast can answer
+        _dead_owner(sqlite_url, ttl)
+        async with duro.App(sqlite_url, lease_ttl=ttl) as b:
+            stub = b.namespace(Counter).get_by_name("k")
+            with pytest.raises(BackendUnavailable, match="refuses connections") as info:
+                await stub.increment()
+            assert info.value.retry_after is not None
+            assert 1 <= info.value.retry_after <= ttl + b.config.drift_margin
+
+    asyncio.run(main())
+
+
+def test_a_bounded_failover_wait_serves_after_takeover(sqlite_url: str) -> None:
+    async def main() -> None:
+        from duro.testing.node import Counter
+
+        ttl = 1.5
+        _dead_owner(sqlite_url, ttl)
+        async with duro.App(sqlite_url, lease_ttl=ttl, drift_margin=0.5,
+                            failover_wait=ttl + 5) as b:
+            assert await b.namespace(Counter).get_by_name("k").increment() == 2
+
+    asyncio.run(main())
