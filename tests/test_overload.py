@@ -8,6 +8,7 @@ loopback; a dead owner is a real OS process killed with SIGKILL.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -15,10 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 import duro
 from duro.errors import BackendUnavailable, CallTimeout, ConfigError, Overloaded
+from duro.fetch import Request, Response
+from duro.server import configure
 from duro.testing.node import Node
+from duro.websockets import WebSocket
 
 _HOLD: dict[str, asyncio.Event] = {}
 _ENTERED: dict[str, asyncio.Event] = {}
@@ -72,15 +78,17 @@ def test_calls_beyond_the_pool_are_queued_or_refused_never_unknown(
             names = [f"o{i}" for i in range(8)]
             for n in names:  # every object lives on A
                 assert await a.namespace(Slow).get_by_name(n).ping() == "pong"
-            calls = [asyncio.ensure_future(b.namespace(Slow).get_by_name(n).hold()) for n in names]
-            # The two sent calls reach A; the refused ones fail at once.
-            await asyncio.wait(calls, return_when=asyncio.FIRST_EXCEPTION)
+            stubs = [b.namespace(Slow).get_by_name(n) for n in names]
+            calls = [asyncio.ensure_future(s.hold()) for s in stubs]
+            # Wait until every call is placed: sent (held at A), waiting for a slot, or refused.
+            assert b._transport is not None
+            peer = b._transport._peers
+            async with asyncio.timeout(30):
+                while not (len([n for n in names if n in _ENTERED]) == 2 and a.address in peer
+                           and peer[a.address].waiting + sum(c.done() for c in calls) == 6):
+                    await asyncio.sleep(0.01)
             for n in names:
                 _HOLD.setdefault(n, asyncio.Event())
-            entered = [n for n in names if n in _ENTERED]
-            while len(entered) < 2:
-                await asyncio.sleep(0.01)
-                entered = [n for n in names if n in _ENTERED]
             for ev in _HOLD.values():
                 ev.set()
             results = await asyncio.gather(*calls, return_exceptions=True)
@@ -145,5 +153,126 @@ def test_a_bounded_failover_wait_serves_after_takeover(sqlite_url: str) -> None:
         async with duro.App(sqlite_url, lease_ttl=ttl, drift_margin=0.5,
                             failover_wait=ttl + 5) as b:
             assert await b.namespace(Counter).get_by_name("k").increment() == 2
+
+    asyncio.run(main())
+
+
+# -- the WebSocket relay between processes ------------------------------------------------------
+
+
+class Echo(duro.DurableObject):
+    """Echoes; ``flood`` answers 2,000 messages, ``close`` closes the socket with 4001."""
+
+    async def fetch(self, request: Request) -> Response:
+        if request.websocket is None:
+            return Response.text("WebSocket only", 400)
+        self.ctx.accept_websocket(request.websocket)
+        return Response(status=101)
+
+    async def websocket_message(self, ws: WebSocket, message: str | bytes) -> None:
+        if message == "flood":
+            for i in range(2000):
+                ws.send(f"m{i}")
+        elif message == "close":
+            ws.close(4001, "bye")
+        else:
+            ws.send(message)
+
+    async def ping(self) -> str:
+        return "pong"
+
+
+class _Errors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(f"{record.name}: {record.getMessage()} {record.exc_text or ''}")
+
+
+def _relay_tasks() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks()
+            if getattr(t.get_coro(), "__name__", "") in ("downstream", "upstream_pump")]
+
+
+async def _until(cond: Any) -> None:
+    async with asyncio.timeout(30):
+        while not cond():
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("order", [
+    "client closes", "client leaves mid-flood", "client leaves as the flood starts",
+    "client aborts mid-flood", "client aborts as the flood starts",
+    "client breaks the protocol mid-flood", "owner closes",
+    "both close at once", "owner process leaves",
+])
+def test_relay_closes_cleanly_in_every_order(sqlite_url: str, order: str) -> None:
+    """B relays a socket to A (the owner). Whoever leaves first, the other side sees a close,
+    no error is logged, and no relay task is left running."""
+
+    async def main() -> None:
+        errors = _Errors()
+        loggers = [logging.getLogger(n) for n in ("uvicorn.error", "duro", "asyncio")]
+        for lg in loggers:
+            lg.addHandler(errors)
+        a, b = duro.App(sqlite_url), duro.App(sqlite_url)
+        for app in (a, b):
+            app.namespace(Echo)
+            configure(app)
+        try:
+            await a.start()
+            await b.start()
+            assert await a.namespace(Echo).get_by_name("e").ping() == "pong"  # A owns it
+            async with connect(f"ws://{b.address}/Echo/name/e/ws") as ws:
+                await ws.send("hi")
+                assert await ws.recv() == "hi"
+                assert _relay_tasks()  # the relay at B is running
+                if order == "client closes":
+                    await ws.close()
+                elif order == "client leaves mid-flood":
+                    await ws.send("flood")
+                    await ws.recv()
+                    await ws.close()
+                elif order == "client leaves as the flood starts":
+                    await ws.send("flood")
+                    await ws.close()
+                elif order == "client aborts mid-flood":
+                    await ws.send("flood")
+                    await ws.recv()
+                    ws.transport.abort()
+                elif order == "client breaks the protocol mid-flood":
+                    await ws.send("flood")
+                    await ws.recv()
+                    ws.transport.write(b"\x83\x80\x00\x00\x00\x00")  # reserved opcode
+                    with pytest.raises(ConnectionClosed):
+                        while True:
+                            await ws.recv()
+                elif order == "client aborts as the flood starts":
+                    await ws.send("flood")
+                    ws.transport.abort()
+                elif order == "owner closes":
+                    await ws.send("close")
+                    with pytest.raises(ConnectionClosed) as info:
+                        while True:
+                            await ws.recv()
+                    assert info.value.rcvd is not None and info.value.rcvd.code == 4001
+                elif order == "both close at once":
+                    await ws.send("close")
+                    await ws.close()
+                else:
+                    await a.close()
+                    with pytest.raises(ConnectionClosed) as info:
+                        while True:
+                            await ws.recv()
+                    assert info.value.rcvd is not None and info.value.rcvd.code == 1012
+            await _until(lambda: not _relay_tasks())
+        finally:
+            await b.close()
+            await a.close()
+            for lg in loggers:
+                lg.removeHandler(errors)
+        assert errors.records == []
 
     asyncio.run(main())
