@@ -143,6 +143,11 @@ class SimApp(App):
         """The simulated executor (backend calls are queued, not run in threads)."""
         return self.sim
 
+    @property
+    def lease_executor(self) -> Any:
+        """Lease renewals go through the simulated executor too."""
+        return self.sim
+
 
 @dataclass
 class _Client:

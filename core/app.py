@@ -7,7 +7,7 @@ import functools
 import logging
 import os
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -135,6 +135,10 @@ class App:
         self._namespaces: dict[str, Namespace[Any]] = {}
         self._state = "new"
         self._executor: ThreadPoolExecutor | None = None
+        self._lease_executor: ThreadPoolExecutor | None = None
+        self._keeper: asyncio.Task[None] | None = None
+        self.shedding = False
+        """Whether a lease renewal ran late: new calls are refused with ``Overloaded``."""
         self._backend: Backend | None = None
         self._transport: Transport | None = None
         self._background: asyncio.Task[None] | None = None
@@ -158,6 +162,8 @@ class App:
             raise DuroError(f"this App is {self._state}; make a new one")
         self._state = "starting"
         self._executor = ThreadPoolExecutor(self.config.io_threads, thread_name_prefix="duro-io")
+        # Lease renewals have their own thread: they never queue behind commits and reads.
+        self._lease_executor = ThreadPoolExecutor(1, thread_name_prefix="duro-lease")
         try:
             if self._backend_obj is not None:
                 self._backend = self._backend_obj
@@ -173,6 +179,7 @@ class App:
             raise
         self._state = "open"
         self._background = asyncio.ensure_future(self._maintain())
+        self._keeper = asyncio.ensure_future(self._keep_leases())
 
     async def close(self) -> None:
         """Stop taking calls, drain in-flight turns and flushes, release leases, close."""
@@ -180,9 +187,10 @@ class App:
             self._state = "closed"
             return
         self._state = "closing"
-        if self._background is not None:
-            self._background.cancel()
-            await asyncio.gather(self._background, return_exceptions=True)
+        for task in (self._background, self._keeper):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._http is not None:
             await self._http.closing()  # WebSockets close with 1012: clients reconnect elsewhere
         instances = [i for ns in self._namespaces.values() for i in ns._instances.values()]
@@ -204,6 +212,8 @@ class App:
             await self.io(self._backend.close)
         if self._executor is not None:
             self._executor.shutdown(wait=False)
+        if self._lease_executor is not None:
+            self._lease_executor.shutdown(wait=False)
 
     def _check_open(self) -> None:
         if self._state != "open":
@@ -227,6 +237,16 @@ class App:
         return await asyncio.get_running_loop().run_in_executor(
             self.executor, functools.partial(fn, *args, **kwargs)
         )
+
+    @property
+    def lease_executor(self) -> Executor:
+        """The thread that runs lease renewals (nothing else queues there)."""
+        assert self._lease_executor is not None
+        return self._lease_executor
+
+    async def lease_io(self, fn: Any, *args: Any) -> Any:
+        """Run a blocking lease call (renewal) in the lease thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.lease_executor, fn, *args)
 
     # -- namespaces -----------------------------------------------------------------------------
 
@@ -301,8 +321,6 @@ class App:
                             evicting = asyncio.ensure_future(inst.evict())
                             self._tasks.add(evicting)
                             evicting.add_done_callback(self._tasks.discard)
-                        elif inst.lease_expiring(cfg.lease_ttl / 2):
-                            inst._renew_soon()
                 since_alarm_poll += tick
                 if since_alarm_poll >= cfg.alarm_poll_interval:
                     since_alarm_poll = 0.0
@@ -311,6 +329,45 @@ class App:
                 raise
             except Exception:
                 log.exception("duro background maintenance failed; retrying")
+
+    async def _keep_leases(self) -> None:
+        """Renew leases on their own timer, apart from maintenance and alarm polls.
+
+        Leases half used are renewed together, in one backend call in the lease thread. If
+        one has less than a quarter left, renewals run late: until they catch up, new calls
+        are refused with ``Overloaded`` rather than letting the backlog cost the lease.
+        """
+        cfg, clock = self.config, self.clock
+        tick = max(0.01, min(cfg.lease_ttl / 8, 0.5))
+        while True:
+            await clock.sleep(tick)
+            due = [inst for ns in list(self._namespaces.values())
+                   for inst in list(ns._instances.values())
+                   if inst.accepting and inst._renewing is None
+                   and inst.lease_expiring(cfg.lease_ttl / 2)]
+            late = any(inst.lease_expiring(cfg.lease_ttl / 4) for inst in due)
+            if late != self.shedding:
+                log.warning("duro: lease renewals %s", "run late; refusing new calls with "
+                            "Overloaded" if late else "caught up; taking calls again")
+                self.shedding = late
+            if not due:
+                continue
+            sent = clock.monotonic()
+            try:
+                stale = await self.lease_io(self.backend.renew_many,
+                                            [(inst.ref, inst.epoch) for inst in due],
+                                            clock.time() + cfg.lease_ttl)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # transient: the next tick tries again
+                log.warning("duro: renewing %d leases failed (%s); retrying", len(due), exc)
+                continue
+            for inst in due:
+                fenced = stale.get(inst.ref)
+                if fenced is not None:
+                    inst.reset(fenced)
+                else:
+                    inst.renewed(sent)
 
     async def _poll_alarms(self) -> None:
         """Activate objects with due alarms that nobody here owns (their timer fires them)."""

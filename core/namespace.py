@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from duro.backends.base import LeaseHeld, ObjectRef
 from duro.calls import encode_args, unpack
-from duro.errors import BackendUnavailable, CallTimeout, InvalidObjectId, ObjectError
+from duro.errors import (
+    BackendUnavailable,
+    CallTimeout,
+    InvalidObjectId,
+    ObjectError,
+    Overloaded,
+)
 from duro.ids import ObjectId, id_from_name, id_from_string, new_unique_id
 from duro.instance import Chain, Gone, Instance, current_call
 from duro.objects import DurableObject
@@ -245,6 +251,9 @@ class Namespace(Generic[T]):
                         continue  # the owner is handing the object over
                     return reply
                 assert inst is not None
+            if self.app.shedding and method != "__delete__":
+                raise Overloaded("this process is renewing its leases late; it refuses new "
+                                 "calls until they catch up (the call was not started)")
             try:
                 if method == "__delete__":
                     return await inst.delete()
