@@ -667,7 +667,7 @@ class SQLBackend(Backend):
     def _after_fork(self) -> None:
         """In a forked child: forget the parent's connections, open our own writer."""
         _inherited.append((self._wconn, self._wcur, self._readers))
-        self._wlock = threading.Lock()
+        self._wlock = WriterLock()
         self._readers_lock = threading.Lock()
         self._local = threading.local()
         self._readers = []

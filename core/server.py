@@ -205,15 +205,22 @@ class Server:
     async def _fetch(self, ns: Namespace[Any], oid: ObjectId, payload: bytes) -> Response:
         """Run ``fetch`` on the owner (here or forwarded); map failures to HTTP statuses."""
         retry = {"retry-after": str(self.options.retry_after)}
+        # The App's deadline sweep, not a loop timer per request (see duro.deadlines).
+        deadlines = self.app._deadlines
+        token = deadlines.add(self.app.clock.monotonic() + self.app.config.call_timeout)
         try:
-            async with asyncio.timeout(self.app.config.call_timeout):
+            try:
                 reply = await ns._invoke(oid, FETCH_METHOD, payload, ())
+            except asyncio.CancelledError:
+                if deadlines.expired(token):
+                    return _error(504, "the object did not answer in time")
+                raise
+            finally:
+                deadlines.discard(token)
             resp = response_from_value(unpack(reply))
             if resp.status == 101:
                 return _error(500, "fetch answered 101 to a request that is not a WebSocket")
             return resp
-        except TimeoutError:
-            return _error(504, "the object did not answer in time")
         except CallTimeout as exc:
             return _error(504, exc.message)
         except (Overloaded, ObjectReset, BackendUnavailable) as exc:
