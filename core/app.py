@@ -63,6 +63,8 @@ class AppConfig:
     :class:`~duro.errors.Overloaded` (it was never sent)."""
     forward_wait: float = 5.0
     """Longest wait for a pooled connection before a call is refused with ``Overloaded``."""
+    shed_load: bool = True
+    """Refuse new calls with :class:`~duro.errors.Overloaded` while lease renewals run late."""
     failover_wait: float = 0.0
     """How long a call waits for an owner that refuses connections to lose its lease before it
     fails with :class:`~duro.errors.BackendUnavailable` (``retry_after`` = the time the lease
@@ -334,18 +336,20 @@ class App:
         """Renew leases on their own timer, apart from maintenance and alarm polls.
 
         Leases half used are renewed together, in one backend call in the lease thread. If
-        one has less than a quarter left, renewals run late: until they catch up, new calls
-        are refused with ``Overloaded`` rather than letting the backlog cost the lease.
+        one has used more than half its slack past that point, renewals run late: until they
+        catch up, new calls are refused with ``Overloaded`` rather than risk the lease.
         """
         cfg, clock = self.config, self.clock
-        tick = max(0.01, min(cfg.lease_ttl / 8, 0.5))
+        tick = max(0.01, min(cfg.lease_ttl / 4, cfg.alarm_poll_interval, 1.0))
+        late_within = (cfg.lease_ttl / 2 - tick) / 2  # half the slack a renewal has
         while True:
             await clock.sleep(tick)
             due = [inst for ns in list(self._namespaces.values())
                    for inst in list(ns._instances.values())
                    if inst.accepting and inst._renewing is None
                    and inst.lease_expiring(cfg.lease_ttl / 2)]
-            late = any(inst.lease_expiring(cfg.lease_ttl / 4) for inst in due)
+            late = any(inst.lease_expiring(late_within) for inst in due)
+            late = late and cfg.shed_load
             if late != self.shedding:
                 log.warning("duro: lease renewals %s", "run late; refusing new calls with "
                             "Overloaded" if late else "caught up; taking calls again")
