@@ -348,7 +348,10 @@ class App:
                    for inst in list(ns._instances.values())
                    if inst.accepting and inst._renewing is None
                    and inst.lease_expiring(cfg.lease_ttl / 2)]
-            late = any(inst.lease_expiring(late_within) for inst in due)
+            # Late: still valid, but past half the slack. (An expired lease, after a pause,
+            # is no longer at risk: the next event renews it or finds it fenced.)
+            late = any(inst.lease_expiring(late_within) and not inst.lease_expiring(0)
+                       for inst in due)
             late = late and cfg.shed_load
             if late != self.shedding:
                 log.warning("duro: lease renewals %s", "run late; refusing new calls with "
