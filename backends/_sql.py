@@ -44,6 +44,7 @@ from sqlalchemy.pool import NullPool
 
 from duro.backends._sql_dialect import SQLDialect, dialect_for, is_transient
 from duro.backends._sql_schema import CLUSTER_KEY, FORMAT_KEY, kv, meta, metadata, objects
+from duro.backends._writer_lock import WriterLock
 from duro.backends.base import (
     FORMAT_VERSION,
     UNCHANGED,
@@ -171,7 +172,7 @@ class SQLBackend(Backend):
         self._dialect = dialect
         self._where = where
         self._closed = False
-        self._wlock = threading.Lock()
+        self._wlock = WriterLock()  # lease renewals take it first
         self._local = threading.local()
         self._readers: list[_Reader] = []
         self._readers_lock = threading.Lock()
@@ -407,6 +408,27 @@ class SQLBackend(Backend):
     def renew(self, ref: ObjectRef, epoch: int, until: float) -> None:
         """Extend the lease; :class:`Fenced` if *epoch* is stale."""
         self.commit(ref, epoch, Batch(lease_until=until))
+
+    def renew_many(self, leases: Sequence[tuple[ObjectRef, int]],
+                   until: float) -> dict[ObjectRef, Fenced]:
+        """Extend many leases in one transaction (one lock, one sync to disk)."""
+        o = objects.c
+        stale: dict[ObjectRef, Fenced] = {}
+        with self._wlock.first(), self._guard("renew"):
+            self._check_open()
+            conn = self._wconn
+            with conn.begin():
+                for ref, epoch in leases:
+                    hit = conn.execute(
+                        sa.update(objects)
+                        .where((o.ns == ref.namespace) & (o.id == ref.id) & (o.epoch == epoch))
+                        .values(lease_until=until)
+                    ).rowcount
+                    if hit != 1:
+                        current = conn.execute(sa.select(o.epoch).where(
+                            (o.ns == ref.namespace) & (o.id == ref.id))).scalar()
+                        stale[ref] = self._fenced(ref, epoch, int(current or 0))
+        return stale
 
     def release(self, ref: ObjectRef, epoch: int) -> None:
         """Give the lease up if *epoch* is still current (the epoch stays)."""
@@ -792,7 +814,7 @@ class SQLBackend(Backend):
     def _after_fork(self) -> None:
         """In a forked child: forget the parent's connections, open our own writer."""
         _inherited.append((self._wconn, self._wcur, self._readers))
-        self._wlock = threading.Lock()
+        self._wlock = WriterLock()
         self._readers_lock = threading.Lock()
         self._local = threading.local()
         self._readers = []

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Final
 from urllib.parse import parse_qsl, urlsplit
 
-from duro.errors import ConfigError, DuroError
+from duro.errors import ConfigError, DuroError, Fenced
 
 __all__ = [
     "FORMAT_VERSION",
@@ -328,6 +328,21 @@ class Backend(ABC):
     @abstractmethod
     def renew(self, ref: ObjectRef, epoch: int, until: float) -> None:
         """Extend the lease to *until*; raise :class:`~duro.errors.Fenced` if *epoch* is stale."""
+
+    def renew_many(self, leases: Sequence[tuple[ObjectRef, int]],
+                   until: float) -> dict[ObjectRef, Fenced]:
+        """Extend many leases to *until* at once (the lease keeper's call).
+
+        Returns the leases that are stale (:class:`~duro.errors.Fenced`), by ref; any other
+        error fails the whole call. Backends that can should do it in one transaction.
+        """
+        stale: dict[ObjectRef, Fenced] = {}
+        for ref, epoch in leases:
+            try:
+                self.renew(ref, epoch, until)
+            except Fenced as exc:
+                stale[ref] = exc
+        return stale
 
     @abstractmethod
     def release(self, ref: ObjectRef, epoch: int) -> None:

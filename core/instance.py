@@ -388,14 +388,24 @@ class Instance:
         cfg, clock = self.app.config, self.app.clock
         try:
             sent = clock.monotonic()
-            await self.read(self.backend.renew, self.ref, self.epoch, clock.time() + cfg.lease_ttl)
-            self._lease_valid_until = max(
-                self._lease_valid_until, sent + cfg.lease_ttl - cfg.drift_margin
-            )
+            # In the lease thread, without the input gate: renewals never wait behind commits.
+            await self.app.lease_io(self.backend.renew, self.ref, self.epoch,
+                                    clock.time() + cfg.lease_ttl)
+            self.renewed(sent)
         except DuroError as exc:
             self.reset(exc)
         finally:
             self._renewing = None
+            self.renewed(None)
+
+    def renewed(self, sent: float | None) -> None:
+        """The lease was renewed by a request sent at monotonic time *sent* (``None``: not
+        renewed): extend its validity, release the outputs that waited for it."""
+        if sent is not None:
+            cfg = self.app.config
+            self._lease_valid_until = max(
+                self._lease_valid_until, sent + cfg.lease_ttl - cfg.drift_margin
+            )
         waiters, self._lease_waiters = self._lease_waiters, []
         for fut, out in waiters:
             if not fut.done():

@@ -5,13 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import math
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from duro.backends.base import AcquireOp, LeaseHeld, ObjectRef
 from duro.calls import encode_args, unpack
-from duro.errors import BackendUnavailable, CallTimeout, ConfigError, InvalidObjectId, ObjectError
+from duro.errors import (
+    BackendUnavailable,
+    CallTimeout,
+    ConfigError,
+    InvalidObjectId,
+    ObjectError,
+    Overloaded,
+)
 from duro.ids import ObjectId, id_from_name, id_from_string, new_unique_id
 from duro.instance import Chain, Gone, Instance, current_call
 from duro.objects import DurableObject
@@ -45,6 +53,15 @@ class ObjectSummary:
 
 class Elsewhere(Exception):
     """Another live process owns the object; forward the call there."""
+
+    def __init__(self, address: str, until: float) -> None:
+        super().__init__(address)
+        self.address = address
+        self.until = until
+
+
+class OwnerGone(Exception):
+    """The owner at *address* refuses connections; its lease lasts until *until*."""
 
     def __init__(self, address: str, until: float) -> None:
         super().__init__(address)
@@ -236,6 +253,7 @@ class Namespace(Generic[T]):
                       hops: int = 0) -> bytes:
         """Run a call on the owner of *oid*: here, or forwarded to the process that owns it."""
         self.app._check_open()
+        refused_at: float | None = None
         while True:
             inst = self._instances.get(oid.hex)
             if inst is None or not inst.accepting:
@@ -260,18 +278,51 @@ class Namespace(Generic[T]):
                         raise BackendUnavailable(
                             f"call to {self.name} {oid.hex[:12]}… was forwarded {hops} times "
                             "without reaching its owner") from None
-                    reply = await self.app._forward(where, self, oid, method, payload, chain, hops)
+                    try:
+                        reply = await self.app._forward(where, self, oid, method, payload,
+                                                        chain, hops)
+                    except OwnerGone as gone:
+                        self._owners.pop(oid.hex, None)
+                        refused_at = await self._owner_gone(oid, gone, refused_at)
+                        continue  # its lease is over (or was stale): take over or find it
                     if reply is None:
                         self._owners.pop(oid.hex, None)
-                        continue  # the owner was unreachable and its lease is now over
+                        continue  # the owner is handing the object over
                     return reply
                 assert inst is not None
+            if self.app.shedding and method != "__delete__":
+                raise Overloaded("this process is renewing its leases late; it refuses new "
+                                 "calls until they catch up (the call was not started)")
             try:
                 if method == "__delete__":
                     return await inst.delete()
                 return await inst.call(method, payload, chain)
             except Gone:
                 continue
+
+    async def _owner_gone(self, oid: ObjectId, gone: OwnerGone, since: float | None) -> float:
+        """An owner refused the call: wait for its lease up to ``failover_wait``, else fail.
+
+        Returns when the lease is over, so the caller takes over; raises
+        :class:`BackendUnavailable` with ``retry_after`` = the time the lease has left (whole
+        seconds, rounded down, at least 1) once the wait is used up. The call was never sent.
+        """
+        cfg, clock = self.app.config, self.app.clock
+        now = clock.monotonic()
+        since = now if since is None else since
+        left = gone.until + cfg.drift_margin - clock.time()
+        if left <= 0:
+            return since
+        budget = cfg.failover_wait - (now - since)
+        if budget <= 0:
+            err = BackendUnavailable(
+                f"the owner of {self.name} {oid.name or oid.hex[:12]} at {gone.address} refuses "
+                f"connections; its lease ends in {left:.1f} s, then another process takes over "
+                "(this call was not sent)")
+            err.retry_after = float(max(1, math.floor(left)))
+            raise err
+        await clock.sleep(min(left, budget, 1.0))
+        return since
 
     async def _activate(self, oid: ObjectId) -> Instance:
         pending = self._activating.get(oid.hex)

@@ -211,20 +211,27 @@ class Server:
     async def _fetch(self, ns: Namespace[Any], oid: ObjectId, payload: bytes) -> Response:
         """Run ``fetch`` on the owner (here or forwarded); map failures to HTTP statuses."""
         retry = {"retry-after": str(self.options.retry_after)}
+        # The App's deadline sweep, not a loop timer per request (see duro.deadlines).
+        deadlines = self.app._deadlines
+        token = deadlines.add(self.app.clock.monotonic() + self.app.config.call_timeout)
         try:
-            async with asyncio.timeout(self.app.config.call_timeout):
+            try:
                 reply = await ns._invoke(oid, FETCH_METHOD, payload, ())
+            except asyncio.CancelledError:
+                if deadlines.expired(token):
+                    return _error(504, "the object did not answer in time")
+                raise
+            finally:
+                deadlines.discard(token)
             resp = response_from_value(unpack(reply))
             if resp.status == 101:
                 return _error(500, "fetch answered 101 to a request that is not a WebSocket")
             return resp
-        except TimeoutError:
-            return _error(504, "the object did not answer in time")
         except CallTimeout as exc:
             return _error(504, exc.message)
-        except Overloaded as exc:
-            return _error(503, exc.message, retry)
-        except (ObjectReset, BackendUnavailable) as exc:
+        except (Overloaded, ObjectReset, BackendUnavailable) as exc:
+            if exc.retry_after is not None:
+                retry = {"retry-after": str(int(exc.retry_after))}
             return _error(503, exc.message, retry)
         except Exception:
             return _error(500)
@@ -289,7 +296,7 @@ class Server:
     async def _proxy(self, conn: ASGIWebSocket, address: str, hops: int) -> None:
         """Relay a WebSocket to the owner process at *address*, both ways, until either closes."""
         from websockets.asyncio.client import connect
-        from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+        from websockets.exceptions import InvalidStatus, WebSocketException
 
         scope = conn.scope
         qs = scope.get("query_string", b"").decode("latin-1")
@@ -319,47 +326,71 @@ class Server:
             raise _Refused(503, "the object's owner could not be reached", retry) from None
         async with upstream:
             await conn.accept(subprotocol=upstream.subprotocol)
+            await self._relay(conn, upstream)
 
-            async def downstream() -> tuple[int, str]:
+    async def _relay(self, conn: ASGIWebSocket, upstream: Any) -> None:
+        """Pump messages both ways until either side closes, then close the other side.
+
+        Whichever side leaves first, in whatever order the closes cross, both pumps end and
+        are awaited here: a send to a side that has gone ends its pump, never the relay.
+        """
+        from websockets.exceptions import ConnectionClosed
+
+        async def downstream() -> tuple[int, str] | None:
+            """Owner → client; the owner's close code, or ``None`` once the client is gone."""
+            try:
+                async for msg in upstream:
+                    if isinstance(msg, str):
+                        await conn.send_text(msg)
+                    else:
+                        await conn.send_bytes(msg)
+            except ConnectionClosed:
+                pass
+            except (RuntimeError, OSError) as exc:  # the client left while we sent to it
+                log.debug("WebSocket relay: the client left mid-send: %s", exc)
+                return None
+            rcvd = upstream.close_code
+            code = rcvd if rcvd not in (None, 1005, 1006) else CODE_MOVED
+            return code, upstream.close_reason or ""
+
+        async def upstream_pump() -> tuple[int, str]:
+            """Client → owner; the client's close code."""
+            while True:
+                msg = await conn.receive()
+                if msg["type"] == "websocket.disconnect":
+                    code = int(msg.get("code") or 1000)
+                    return code if code not in (1005, 1006) else 1000, msg.get("reason") or ""
+                data = msg.get("text")
                 try:
-                    async for msg in upstream:
-                        if isinstance(msg, str):
-                            await conn.send_text(msg)
-                        else:
-                            await conn.send_bytes(msg)
+                    await upstream.send(data if data is not None else msg.get("bytes") or b"")
                 except ConnectionClosed:
-                    pass
-                rcvd = upstream.close_code
-                code = rcvd if rcvd not in (None, 1005, 1006) else CODE_MOVED
-                return code, upstream.close_reason or ""
+                    return 1000, ""
 
-            async def upstream_pump() -> tuple[int, str]:
-                while True:
-                    msg = await conn.receive()
-                    if msg["type"] == "websocket.disconnect":
-                        code = int(msg.get("code") or 1000)
-                        return (code if code not in (1005, 1006) else 1000,
-                                msg.get("reason") or "")
-                    data = msg.get("text")
-                    try:
-                        await upstream.send(data if data is not None else msg.get("bytes") or b"")
-                    except ConnectionClosed:
-                        return 1000, ""
-
-            down = asyncio.ensure_future(downstream())
-            up = asyncio.ensure_future(upstream_pump())
-            done, _ = await asyncio.wait([down, up], return_when=asyncio.FIRST_COMPLETED)
-            if down in done:  # the owner closed: pass its code on (1012: reconnect)
-                code, reason = down.result()
+        down = asyncio.ensure_future(downstream())
+        up = asyncio.ensure_future(upstream_pump())
+        pumps = (down, up)
+        self._proxies.update(pumps)
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            if down.done() and down.exception() is None and (owner := down.result()):
+                # The owner closed: pass its code on (1012: reconnect elsewhere).
                 up.cancel()
-                with contextlib.suppress(Exception):
-                    await conn.close(code, reason)
+                with contextlib.suppress(RuntimeError, OSError):  # the client may be gone too
+                    await conn.close(*owner)
             else:  # the client left: tell the owner
-                code, reason = up.result()
-                with contextlib.suppress(Exception):
-                    await upstream.close(code, reason)
+                code, reason = (up.result() if up.done() and up.exception() is None
+                                else (1000, ""))
                 down.cancel()
-            await asyncio.gather(down, up, return_exceptions=True)
+                with contextlib.suppress(ConnectionClosed, OSError):
+                    await upstream.close(code, reason)
+        finally:
+            for t in pumps:
+                t.cancel()
+            for t, result in zip(pumps, await asyncio.gather(*pumps, return_exceptions=True),
+                                 strict=True):
+                if isinstance(result, Exception):
+                    log.warning("WebSocket relay: a pump failed: %r", result)
+                self._proxies.discard(t)
 
 
 def route_path(scope: Scope) -> str:

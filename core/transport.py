@@ -31,7 +31,7 @@ from starlette.datastructures import Headers
 
 from duro.calls import pack_error
 from duro.cluster_auth import ReplayGuard, Signer
-from duro.errors import BackendUnavailable, CallTimeout, ConfigError, ValueTooLarge
+from duro.errors import BackendUnavailable, CallTimeout, ConfigError, Overloaded, ValueTooLarge
 
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
@@ -56,6 +56,7 @@ _CLOSE_GRACE = 0.2
 _CLIENT_KEEPALIVE = 2.0
 _KEEPALIVE_MARGIN = 0.5
 _UNSPECIFIED: Final = frozenset({"", "0.0.0.0", "::"})
+_CONNECT_TIMEOUT = 2.0
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -117,6 +118,17 @@ class OwnerUnreachable(Exception):
     def __init__(self, moving: bool) -> None:
         super().__init__("moving" if moving else "unreachable")
         self.moving = moving
+
+
+class _Peer:
+    """The calls to one other process: at most ``forward_connections`` in flight, at most
+    ``forward_queue`` waiting (for at most ``forward_wait`` seconds) for a connection."""
+
+    __slots__ = ("slots", "waiting")
+
+    def __init__(self, connections: int) -> None:
+        self.slots = asyncio.Semaphore(connections)
+        self.waiting = 0
 
 
 _EMBEDDED: ContextVar[bool] = ContextVar("duro_embedded_uvicorn", default=False)
@@ -181,6 +193,7 @@ class Transport:
         self._guard = ReplayGuard(key)
         self._authenticate = authenticate
         self.max_body_bytes = app.config.cluster_max_body_bytes
+        self._peers: dict[str, _Peer] = {}
 
     async def start(self, listen: str, advertise: str | None) -> str:
         """Bind *listen* and serve; return the address other processes should use."""
@@ -214,10 +227,15 @@ class Transport:
             await asyncio.sleep(0.001)
         # aiohttp, not httpx: on loopback it forwards 6-15x more calls per second under
         # concurrency (measured in one run: 6,800 vs 585 requests/s with 32 in flight).
-        timeout = aiohttp.ClientTimeout(total=self._app.config.call_timeout + 5, connect=2.0)
+        # Calls wait for a pooled connection in _Peer, never inside aiohttp: its ``connect``
+        # timeout would also cover that wait and report a call never sent as unanswered.
+        cfg = self._app.config
+        timeout = aiohttp.ClientTimeout(total=cfg.call_timeout + 5, connect=None,
+                                        sock_connect=_CONNECT_TIMEOUT)
         # Idle connections are dropped before uvicorn's 5 s keep-alive ends them, so a call
         # is never sent into a connection the server is closing.
-        connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=_CLIENT_KEEPALIVE)
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=cfg.forward_connections,
+                                         keepalive_timeout=_CLIENT_KEEPALIVE)
         self._client = aiohttp.ClientSession(
             timeout=timeout, connector=connector, auto_decompress=False)
         return address
@@ -355,24 +373,54 @@ class Transport:
                               "payload": payload, "chain": [list(c) for c in chain],
                               "hops": hops})
         headers = {"content-type": _CONTENT_TYPE, **self.sign("POST", CALL_PATH, body)}
+        peer = await self._take_slot(address)
         try:
             async with self._client.post(f"http://{address}{CALL_PATH}", data=body,
                                          headers=headers) as resp:
                 content = await resp.read()
                 status, moving = resp.status, resp.headers.get("x-duro-moving")
-        except aiohttp.ClientConnectorError:
-            raise OwnerUnreachable(moving=False) from None  # nothing listens: it never arrived
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
+            raise OwnerUnreachable(moving=False) from None  # no connection: it never arrived
         except TimeoutError as exc:
             raise CallTimeout(f"the owner at {address} did not answer in time; the outcome "
                               "is unknown", orig=exc) from exc
         except aiohttp.ClientError as exc:
             raise BackendUnavailable(f"lost the connection to the owner at {address}; the "
                                      "outcome is unknown", orig=exc) from exc
+        finally:
+            peer.slots.release()
         if status == 503 and moving:
             raise OwnerUnreachable(moving=True)
         if status != 200:
             raise _refusal(status, content, ns, method, len(body))
         return content
+
+    async def _take_slot(self, address: str) -> _Peer:
+        """A connection slot to *address*, or :class:`Overloaded` (the call is not sent)."""
+        cfg = self._app.config
+        peer = self._peers.get(address)
+        if peer is None:
+            if len(self._peers) > 1000:  # addresses of processes long gone
+                self._peers = {a: p for a, p in self._peers.items()
+                               if p.waiting or p.slots.locked()}
+            peer = self._peers[address] = _Peer(cfg.forward_connections)
+        if not peer.slots.locked():
+            await peer.slots.acquire()  # free: returns at once
+            return peer
+        if peer.waiting >= cfg.forward_queue:
+            raise Overloaded(f"{cfg.forward_connections} calls to the owner at {address} are in "
+                             f"flight and {peer.waiting} wait; this call was not sent, retry later")
+        peer.waiting += 1
+        try:
+            async with asyncio.timeout(cfg.forward_wait):
+                await peer.slots.acquire()
+        except TimeoutError:
+            raise Overloaded(f"no connection to the owner at {address} came free within "
+                             f"{cfg.forward_wait:g} s; this call was not sent, retry later"
+                             ) from None
+        finally:
+            peer.waiting -= 1
+        return peer
 
 
 def _refusal(status: int, content: bytes, ns: str, method: str, size: int) -> Exception:

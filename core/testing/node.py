@@ -1,7 +1,8 @@
 """A duro process driven by JSON lines, for multi-process tests and benchmarks.
 
-``python -m duro.testing.node BACKEND_URL [lease_ttl] [idle_timeout]`` runs an App with a
-``Counter`` namespace. It prints ``{"address": ...}`` once ready, then answers each command
+``python -m duro.testing.node BACKEND_URL [lease_ttl] [idle_timeout] [failover_wait]`` runs an
+App with a ``Counter`` namespace (calls wait up to *failover_wait*, default 30 s, for a dead
+owner's lease to end). It prints ``{"address": ...}`` once ready, then answers each command
 line with one JSON line:
 
 - ``{"id": n, "call": [ns, name, method, args]}`` → ``{"id": n, "ok": result}`` or
@@ -63,9 +64,11 @@ class Counter(duro.DurableObject):
 class Node:
     """Starts ``python -m duro.testing.node`` and drives it over stdin/stdout (thread-safe)."""
 
-    def __init__(self, url: str, ttl: float = 2.0, idle: float = 60.0) -> None:
+    def __init__(self, url: str, ttl: float = 2.0, idle: float = 60.0,
+                 failover_wait: float = 30.0) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "duro.testing.node", url, str(ttl), str(idle)],
+            [sys.executable, "-m", "duro.testing.node", url, str(ttl), str(idle),
+             str(failover_wait)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
         )
         assert self.proc.stdout is not None
@@ -146,8 +149,9 @@ async def main() -> None:
     url = sys.argv[1]
     ttl = float(sys.argv[2]) if len(sys.argv) > 2 else 2.0
     idle = float(sys.argv[3]) if len(sys.argv) > 3 else 60.0
+    wait = float(sys.argv[4]) if len(sys.argv) > 4 else 30.0
     app = duro.App(url, lease_ttl=ttl, drift_margin=min(0.5, ttl / 4), idle_timeout=idle,
-                   alarm_poll_interval=0.2, call_timeout=30.0)
+                   alarm_poll_interval=0.2, call_timeout=30.0, failover_wait=wait)
     await app.start()
     ns = app.namespace(Counter)
     out = sys.stdout
