@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 import duro
 from duro.errors import BackendUnavailable, CallTimeout, ConfigError, Overloaded
 from duro.fetch import Request, Response
+from duro.listener import start_public_listener, stop_public_listener
 from duro.server import configure
 from duro.testing.node import Node
 from duro.websockets import WebSocket
@@ -221,11 +222,14 @@ def test_relay_closes_cleanly_in_every_order(sqlite_url: str, order: str) -> Non
         for app in (a, b):
             app.namespace(Echo)
             configure(app)
+        public = None
         try:
             await a.start()
             await b.start()
+            # Clients reach B on its public listener; B relays over the cluster channel to A.
+            public, url = await start_public_listener(b._http, "127.0.0.1", 0)
             assert await a.namespace(Echo).get_by_name("e").ping() == "pong"  # A owns it
-            async with connect(f"ws://{b.address}/Echo/name/e/ws") as ws:
+            async with connect(f"ws://{url.removeprefix('http://')}/Echo/name/e/ws") as ws:
                 await ws.send("hi")
                 assert await ws.recv() == "hi"
                 assert _relay_tasks()  # the relay at B is running
@@ -269,6 +273,8 @@ def test_relay_closes_cleanly_in_every_order(sqlite_url: str, order: str) -> Non
                     assert info.value.rcvd is not None and info.value.rcvd.code == 1012
             await _until(lambda: not _relay_tasks())
         finally:
+            if public is not None:
+                await stop_public_listener(public)
             await b.close()
             await a.close()
             for lg in loggers:
