@@ -8,7 +8,7 @@ import logging
 import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from duro.backends.base import Backend, LeaseHeld, ObjectRef
@@ -81,7 +81,9 @@ class App:
 
     *backend* is a URL (or an open :class:`~duro.backends.Backend`); without it the URL comes
     from ``DURO_BACKEND``, ``./duro.toml``, ``[tool.duro]`` in ``./pyproject.toml``, or the
-    embedded default ``sqlite:///.duro/duro.db``. *listen* (``"127.0.0.1:0"`` by default; ``None``
+    embedded default ``sqlite:///.duro/duro.db``. The tunables of :class:`AppConfig`
+    (``lease_ttl``, ``call_timeout``, ``unsafe``…) are keyword arguments (unset ones keep their
+    defaults), or pass a whole ``config=``. *listen* (``"127.0.0.1:0"`` by default; ``None``
     to disable) is where other processes forward calls for objects this process owns;
     *advertise* is the address they should use, if different. Leaving the ``async with`` stops
     taking calls, drains in-flight turns and flushes, and releases leases.
@@ -96,20 +98,32 @@ class App:
         clock: Clock | None = None,
         env: Any = None,
         config: AppConfig | None = None,
-        **options: Any,
+        lease_ttl: float | None = None,
+        drift_margin: float | None = None,
+        idle_timeout: float | None = None,
+        max_queue: int | None = None,
+        call_timeout: float | None = None,
+        drain_timeout: float | None = None,
+        alarm_poll_interval: float | None = None,
+        alarm_retry_base: float | None = None,
+        alarm_max_retries: int | None = None,
+        io_threads: int | None = None,
+        storage_limits: StorageLimits | None = None,
+        cluster_secret: str | None = None,
+        unsafe: frozenset[str] | None = None,
     ) -> None:
+        given = locals()
+        options = {f.name: given[f.name] for f in fields(AppConfig)
+                   if given.get(f.name) is not None}
         if isinstance(backend, Backend):
             self._backend_obj: Backend | None = backend
             self.url = backend.url.raw
         else:
             self._backend_obj = None
             self.url = resolve_backend_url(backend)
-        try:
-            self.config = AppConfig(**options) if config is None else config
-        except TypeError as exc:
-            raise ConfigError(f"unknown App option: {exc}") from None
         if options and config is not None:
             raise ConfigError("pass either config= or individual options, not both")
+        self.config = AppConfig(**options) if config is None else config
         self.clock: Clock = clock or SystemClock()
         self.env = env
         self.owner_id = uuid.uuid4().hex

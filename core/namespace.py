@@ -6,7 +6,7 @@ import asyncio
 import inspect
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Final, Generic, TypeVar, cast
 
 from duro.backends.base import LeaseHeld, ObjectRef
 from duro.calls import encode_args, unpack
@@ -19,9 +19,15 @@ from duro.stats import ObjectStats
 if TYPE_CHECKING:
     from duro.app import App
 
-__all__ = ["Namespace", "ObjectSummary", "Stub"]
+__all__ = ["Namespace", "ObjectSummary", "Stub", "StubOf"]
 
 T = TypeVar("T", bound=DurableObject)
+
+StubOf = Annotated[T, "a duro.Stub"]
+"""What :meth:`Namespace.get` returns, as type checkers see it: the object class itself, so
+mypy and pyright check method names, argument types and awaited result types of stub calls
+(``await stub.increment("two")`` is an error). At run time it is a :class:`Stub`, which takes
+only public ``async def`` methods; hooks, ``storage`` and ``ctx`` are not reachable through it."""
 HOOKS: Final = frozenset({"on_activate", "alarm", "fetch", "websocket_message", "websocket_close"})
 MAX_HOPS: Final = 4
 
@@ -131,13 +137,17 @@ class Namespace(Generic[T]):
             )
         return oid
 
-    def get(self, oid: ObjectId | str) -> Stub:
-        """A stub for the object *oid* (no I/O: the object activates on the first call)."""
-        return Stub(self, self._check_id(oid))
+    def get(self, oid: ObjectId | str) -> StubOf[T]:
+        """A :class:`Stub` for the object *oid* (no I/O: the object activates on the first call).
 
-    def get_by_name(self, name: str) -> Stub:
+        Type checkers see it as the object class (:data:`StubOf`), so a misspelled method or a
+        wrong argument type is caught before it runs.
+        """
+        return cast(T, Stub(self, self._check_id(oid)))
+
+    def get_by_name(self, name: str) -> StubOf[T]:
         """``get(id_from_name(name))``."""
-        return Stub(self, self.id_from_name(name))
+        return cast(T, Stub(self, self.id_from_name(name)))
 
     # -- registry -------------------------------------------------------------------------------
 
