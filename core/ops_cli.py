@@ -31,8 +31,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from duro.backends import Backend
+from duro.backends import Backend, ObjectInfo
 from duro.config import resolve_backend_url
+from duro.console import err_console, out_console
+from duro.console import table as new_table
 from duro.dump import DumpError, DumpObject, dump_to, import_dump
 from duro.errors import DuroError
 from duro.migrate import MigrateError, migrate, unseal
@@ -48,11 +50,13 @@ from duro.ops import (
 __all__ = ["register"]
 
 EXIT_DATA, EXIT_USAGE = 1, 2
+WIDE_TABLE = 150
+"""Console width from which ``duro inspect NAMESPACE`` prints a table (IDs are 64 characters)."""
 
 BackendOpt = Annotated[
     str | None,
     typer.Option("--backend", "-b", help="Backend URL (default: DURO_BACKEND, duro.toml, "
-                 "[tool.duro] in pyproject.toml, else sqlite:///.duro/duro.db)."),
+                 "\\[tool.duro] in pyproject.toml, else sqlite:///.duro/duro.db)."),
 ]
 NamespacesOpt = Annotated[
     list[str] | None,
@@ -61,11 +65,11 @@ NamespacesOpt = Annotated[
 
 
 def _err() -> Console:
-    return Console(stderr=True)
+    return err_console()
 
 
 def _out() -> Console:
-    return Console(soft_wrap=True)
+    return out_console()
 
 
 @contextmanager
@@ -101,14 +105,18 @@ def pretty(value: Any) -> str:
     return repr(value)
 
 
-def _clip(text: str, n: int = 200) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
+def _clip(text: str, n: int = 2000) -> str:
+    if len(text) <= n:
+        return text
+    return f"{text[:n]} [{len(text) - n:,} more characters: --json shows all]"
 
 
 def _print_detail(detail: ObjectDetail) -> None:
     info = detail.info
     out = _out()
     meta = Table.grid(padding=(0, 2))
+    meta.add_column(no_wrap=True)
+    meta.add_column(overflow="fold")
     meta.add_row("namespace", escape(info.ref.namespace))
     meta.add_row("id", info.ref.id)
     meta.add_row("name", escape(info.name) if info.name is not None else "-")
@@ -120,11 +128,7 @@ def _print_detail(detail: ObjectDetail) -> None:
                     f"{_when(info.lease_until)}" if live else "not held"))
     meta.add_row("last active", _when(info.last_active))
     out.print(meta)
-    table = Table(title=None, show_lines=False)
-    table.add_column("key", overflow="fold")
-    table.add_column("type")
-    table.add_column("bytes", justify="right")
-    table.add_column("value", overflow="fold")
+    table = new_table("key", "type", "bytes", "value", right=("bytes",))
     for row in detail.rows:
         if row.error is not None:
             table.add_row(escape(row.key), "[red]undecodable[/red]", str(len(row.raw)),
@@ -135,6 +139,25 @@ def _print_detail(detail: ObjectDetail) -> None:
     out.print(table)
     if detail.truncated:
         out.print(f"[yellow]… more keys: raise --limit (showing {len(detail.rows)})[/yellow]")
+
+
+def _print_objects(out: Console, namespace: str, infos: list[ObjectInfo]) -> None:
+    """A table of objects when the whole ID fits beside the rest, else one block per object;
+    either way every ID is printed whole on one line."""
+    cells = [(i.ref.id, escape(i.name or "-"), str(i.keys), f"{i.size:,}", _when(i.alarm),
+              str(i.epoch), escape(i.owner or "-"), _when(i.last_active)) for i in infos]
+    names = ("id", "name", "keys", "bytes", "alarm", "epoch", "owner", "last active")
+    if out.width >= WIDE_TABLE:
+        table = new_table(*names, title=escape(namespace), whole=("id",),
+                          right=("keys", "bytes", "epoch"))
+        for row in cells:
+            table.add_row(*row)
+        out.print(table)
+        return
+    out.print(f"[bold]{escape(namespace)}[/bold]: {len(cells)} object(s)")
+    for row in cells:
+        out.print(row[0], soft_wrap=True)
+        out.print("  " + "  ".join(f"{k} {v}" for k, v in zip(names[1:], row[1:], strict=True)))
 
 
 def inspect_cmd(
@@ -157,7 +180,8 @@ def inspect_cmd(
                 if as_json:
                     print(json.dumps([s.as_json() for s in summaries], indent=2))
                     return
-                table = Table("namespace", "objects", "keys", "bytes")
+                table = new_table("namespace", "objects", "keys", "bytes",
+                                  right=("objects", "keys", "bytes"))
                 for s in summaries:
                     table.add_row(escape(s.name), str(s.objects), str(s.keys), f"{s.size:,}")
                 _out().print(table)
@@ -170,13 +194,7 @@ def inspect_cmd(
                     print(json.dumps({"namespace": namespace, "truncated": more,
                                       "objects": [info_json(i) for i in infos]}, indent=2))
                     return
-                table = Table("id", "name", "keys", "bytes", "alarm", "epoch", "owner",
-                              "last active", title=escape(namespace))
-                for i in infos:
-                    table.add_row(i.ref.id[:16] + "…", escape(i.name or "-"), str(i.keys),
-                                  f"{i.size:,}", _when(i.alarm), str(i.epoch),
-                                  escape(i.owner or "-"), _when(i.last_active))
-                _out().print(table)
+                _print_objects(_out(), namespace, infos)
                 if more:
                     _out().print(f"[yellow]… more objects: raise --limit ({limit})[/yellow]")
                 return
@@ -278,7 +296,8 @@ def migrate_cmd(
                               "verified": result.verified, "waited_for_owner": result.waited,
                               "sealed": result.sealed, "seconds": round(result.seconds, 3)}))
             return
-        table = Table("namespace", "objects", title="duro migrate: done, verified")
+        table = new_table("namespace", "objects", title="duro migrate: done, verified",
+                          right=("objects",))
         for ns, n in sorted(result.namespaces.items()):
             table.add_row(escape(ns), str(n))
         out = _out()
