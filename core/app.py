@@ -9,12 +9,13 @@ import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from duro.backends.base import Backend, LeaseHeld, ObjectRef
 from duro.backends.registry import open_backend
 from duro.clock import Clock, SystemClock
-from duro.config import resolve_backend_url
+from duro.config import anchor, resolve_backend
 from duro.deadlines import Deadlines
 from duro.errors import ConfigError, DuroError, ObjectReset
 from duro.instance import Chain
@@ -80,8 +81,9 @@ class App:
     """Hosts durable objects on one backend; use as ``async with duro.App(...) as app``.
 
     *backend* is a URL (or an open :class:`~duro.backends.Backend`); without it the URL comes
-    from ``DURO_BACKEND``, ``./duro.toml``, ``[tool.duro]`` in ``./pyproject.toml``, or the
-    embedded default ``sqlite:///.duro/duro.db``. The tunables of :class:`AppConfig`
+    from ``DURO_BACKEND``, the nearest ``duro.toml`` or ``[tool.duro]`` in ``pyproject.toml``
+    (current directory, then its parents), or the embedded default ``sqlite:///.duro/duro.db``
+    (see :mod:`duro.config`); ``app.url_source`` says which. The tunables of :class:`AppConfig`
     (``lease_ttl``, ``call_timeout``, ``unsafe``…) are keyword arguments (unset ones keep their
     defaults), or pass a whole ``config=``. *listen* (``"127.0.0.1:0"`` by default; ``None``
     to disable) is where other processes forward calls for objects this process owns;
@@ -117,10 +119,11 @@ class App:
                    if given.get(f.name) is not None}
         if isinstance(backend, Backend):
             self._backend_obj: Backend | None = backend
-            self.url = backend.url.raw
+            self._url, self.url_source = backend.url.raw, "an open Backend"
         else:
             self._backend_obj = None
-            self.url = resolve_backend_url(backend)
+            resolved = resolve_backend(backend)
+            self._url, self.url_source = resolved.url, resolved.source
         if options and config is not None:
             raise ConfigError("pass either config= or individual options, not both")
         self.config = AppConfig(**options) if config is None else config
@@ -141,6 +144,21 @@ class App:
         self._deadlines = Deadlines()
         self._http: Any = None  # a duro.server.Server when serving HTTP (duro serve)
 
+    @property
+    def url(self) -> str:
+        """The backend URL (setting it, as ``duro serve --backend`` does, makes its source
+        ``"argument"``)."""
+        return self._url
+
+    @url.setter
+    def url(self, value: str) -> None:
+        self._url, self.url_source = value, "argument"
+
+    @property
+    def backend_description(self) -> str:
+        """``URL (from SOURCE)`` with a file path made absolute, for banners and logs."""
+        return f"{anchor(self._url, Path.cwd())} (from {self.url_source})"
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def __aenter__(self) -> App:
@@ -160,6 +178,8 @@ class App:
             if self._backend_obj is not None:
                 self._backend = self._backend_obj
             else:
+                log.info("duro: backend %s", self.backend_description,
+                         extra={"event": "backend", "url": self._url, "source": self.url_source})
                 self._backend = await self.io(open_backend, self.url)
             if self.listen is not None:
                 from duro.transport import Transport

@@ -32,7 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from duro.backends import Backend, ObjectInfo
-from duro.config import resolve_backend_url
+from duro.config import resolve_backend
 from duro.console import err_console, out_console
 from duro.console import table as new_table
 from duro.dump import DumpError, DumpObject, dump_to, import_dump
@@ -55,8 +55,9 @@ WIDE_TABLE = 150
 
 BackendOpt = Annotated[
     str | None,
-    typer.Option("--backend", "-b", help="Backend URL (default: DURO_BACKEND, duro.toml, "
-                 "\\[tool.duro] in pyproject.toml, else sqlite:///.duro/duro.db)."),
+    typer.Option("--backend", "-b", help="Backend URL (default: DURO_BACKEND, else the nearest "
+                 "duro.toml or \\[tool.duro] in pyproject.toml here or in a parent folder, "
+                 "else sqlite:///.duro/duro.db)."),
 ]
 NamespacesOpt = Annotated[
     list[str] | None,
@@ -83,6 +84,14 @@ def _errors() -> Iterator[None]:
     except DuroError as exc:
         _err().print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(EXIT_USAGE) from None
+
+
+def _resolve(backend: str | None) -> str:
+    """The backend URL; says on stderr which file (or env, or default) chose it."""
+    resolved = resolve_backend(backend)
+    if resolved.source != "argument":
+        _err().print(f"[dim]backend: {escape(str(resolved))}[/dim]")
+    return resolved.url
 
 
 def _when(t: float | None) -> str:
@@ -173,7 +182,7 @@ def inspect_cmd(
 ) -> None:
     """List namespaces and objects, or show one object. Read-only: takes no lease."""
     with _errors():
-        url = resolve_backend_url(backend)
+        url = _resolve(backend)
         with open_existing(url) as b:
             if namespace is None:
                 summaries = inspect_backend(b)
@@ -213,7 +222,7 @@ def export_cmd(
 ) -> None:
     """Write every object (or those of --namespace) as a JSON-lines dump."""
     with _errors():
-        url = resolve_backend_url(backend)
+        url = _resolve(backend)
         with open_existing(url) as b:
             if output is None:
                 n = dump_to(b, sys.stdout, namespace)
@@ -238,7 +247,7 @@ def import_cmd(
         target: Backend | None = None
         try:
             if not check:
-                target = open_existing_or_new(resolve_backend_url(backend))
+                target = open_existing_or_new(_resolve(backend))
             if input_ is None:
                 stats = import_dump(target, sys.stdin, wait=wait)
             else:
@@ -314,7 +323,7 @@ def migrate_cmd(
 def unseal_cmd(backend: BackendOpt = None, namespace: NamespacesOpt = None) -> None:
     """Release the leases `duro migrate` left on the objects of a migrated source."""
     with _errors():
-        with open_existing(resolve_backend_url(backend)) as b:
+        with open_existing(_resolve(backend)) as b:
             n = unseal(b, namespaces=namespace)
         _err().print(f"released {n} sealed object(s)")
 

@@ -78,7 +78,7 @@ async def serve(app: Any, *, host: str = "127.0.0.1", port: int = 8787,
         if shown.startswith(("0.0.0.0:", "[::]:")) or advertise:
             shown = f"{host}:{shown.rsplit(':', 1)[1]}"
         names = ", ".join(sorted(app._namespaces)) or "(none)"
-        line = f"duro serve: http://{shown} backend={app.url} namespaces={names}"
+        line = f"duro serve: http://{shown} backend={app.backend_description} namespaces={names}"
         print(line, flush=True)
         if ready is not None:
             ready(app)
