@@ -8,7 +8,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Final, Generic, TypeVar, cast
 
-from duro.backends.base import LeaseHeld, ObjectRef
+from duro.backends.base import MIGRATE_OWNER_PREFIX, LeaseHeld, ObjectRef
 from duro.calls import encode_args, unpack
 from duro.errors import BackendUnavailable, CallTimeout, InvalidObjectId, ObjectError
 from duro.ids import ObjectId, id_from_name, id_from_string, new_unique_id
@@ -276,6 +276,12 @@ class Namespace(Generic[T]):
                 break
             except LeaseHeld as held:
                 cur = held.lease
+                if cur.owner and cur.owner.startswith(MIGRATE_OWNER_PREFIX):
+                    raise BackendUnavailable(
+                        f"{self.name} {oid.name or oid.hex[:12]} is sealed by `duro migrate` "
+                        f"(lease {cur.owner}): this store was migrated; point the app at the "
+                        "new store, or run `duro unseal --backend URL` to write here again"
+                    ) from None
                 if cur.address and cur.address != app.address and app.address is not None:
                     raise Elsewhere(cur.address, cur.until) from None
                 # Nobody to forward to: wait for the holder's lease to end.

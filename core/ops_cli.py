@@ -18,9 +18,10 @@ verification), 2 usage or setup error (bad URL, newer storage format, missing dr
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,7 +36,7 @@ from duro.backends import Backend, ObjectInfo
 from duro.config import resolve_backend
 from duro.console import err_console, out_console
 from duro.console import table as new_table
-from duro.dump import DumpError, DumpObject, dump_to, import_dump
+from duro.dump import DumpError, DumpObject, ImportStats, check_header, dump_to, import_dump
 from duro.errors import DuroError
 from duro.migrate import MigrateError, migrate, unseal
 from duro.ops import (
@@ -244,21 +245,46 @@ def import_cmd(
 ) -> None:
     """Load a dump made by `duro export`; each object is replaced atomically."""
     with _errors():
-        target: Backend | None = None
+        stream = sys.stdin if input_ is None else input_.open("r", encoding="utf-8", newline="")
         try:
-            if not check:
-                target = open_existing_or_new(_resolve(backend))
-            if input_ is None:
-                stats = import_dump(target, sys.stdin, wait=wait)
-            else:
-                with input_.open("r", encoding="utf-8", newline="") as f:
-                    stats = import_dump(target, f, wait=wait)
+            first = stream.readline()
+            check_header(first)  # a bad header creates no file and opens nothing
+            target = None if check else open_existing_or_new(_resolve(backend))
+            try:
+                stats = _import_with_progress(target, itertools.chain([first], stream), wait)
+            finally:
+                if target is not None:
+                    target.close()
         finally:
-            if target is not None:
-                target.close()
+            if input_ is not None:
+                stream.close()
         verb = "checked" if check else "imported"
         _err().print(f"{verb} {stats.objects} object(s), {stats.keys} key(s), "
                      f"{stats.bytes:,} bytes")
+
+
+def _import_with_progress(target: Backend | None, lines: Iterable[str], wait: float
+                          ) -> ImportStats:
+    """Import with a progress line on stderr; on a bad line, say exactly what landed."""
+    landed: list[DumpObject] = []
+    progress = Progress(TextColumn("importing"), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=_err(), transient=True)
+    with progress:
+        task = progress.add_task("import", total=None)
+
+        def on_object(obj: DumpObject) -> None:
+            landed.append(obj)
+            progress.update(task, advance=1)
+
+        try:
+            return import_dump(target, lines, wait=wait, on_object=on_object)
+        except DumpError as exc:
+            if target is None:
+                raise
+            last = (f"; the last was {landed[-1].namespace}/{landed[-1].id}" if landed else "")
+            raise DumpError(f"{exc}. Imported before it, each whole: {len(landed)} object(s)"
+                            f"{last}; nothing of the bad object. Fix the dump and import it "
+                            "again: every object is replaced, so that is safe.") from exc
 
 
 def open_existing_or_new(url: str) -> Backend:
