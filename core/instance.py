@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import logging
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -21,10 +22,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from duro.backends.base import Batch, Lease, ObjectRef
 from duro.calls import decode_args, encode_result, pack_error
-from duro.errors import DuroError, ObjectReset, Overloaded
+from duro.errors import DuroError, Fenced, ObjectReset, Overloaded
 from duro.objects import AlarmInfo, Context, DurableObject, _instantiate
 from duro.stats import ObjectStats
 from duro.storage import Storage
+
+log = logging.getLogger("duro.instance")
 
 if TYPE_CHECKING:
     from duro.app import App
@@ -128,7 +131,14 @@ class Instance:
             await self.block_concurrency_while(self.obj.on_activate())
         finally:
             current_call.reset(token)
+        log.debug("duro: activated %s %s", self.ns.name, self.oid.name or self.oid.hex,
+                  extra=self._event("activation"))
         self._schedule_alarm(self.storage._alarm)
+
+    def _event(self, event: str, **fields: Any) -> dict[str, Any]:
+        """``extra=`` fields of a structured log event about this object."""
+        return {"event": event, "namespace": self.ns.name, "object_id": self.oid.hex,
+                "object_name": self.oid.name, **fields}
 
     @property
     def accepting(self) -> bool:
@@ -152,6 +162,11 @@ class Instance:
             return
         self._broken = exc
         self.stats.resets += 1
+        fenced = isinstance(exc, Fenced)
+        self.stats.fenced += fenced
+        log.warning("duro: %s %s %s: %s", self.ns.name, self.oid.name or self.oid.hex,
+                    "fenced (another owner took over)" if fenced else "reset", exc,
+                    extra=self._event("fencing" if fenced else "reset", reason=str(exc)))
         self.storage.break_(exc)
         err = exc if isinstance(exc, ObjectReset) else ObjectReset(f"object was reset: {exc}")
         for fut, _ in self._lease_waiters:
@@ -459,6 +474,13 @@ class Instance:
             await self.obj.alarm(AlarmInfo(retry_count=ev.retry))
         except Exception:
             ok = False
+            self.stats.alarm_failures += 1
+            retry = ev.retry < self.app.config.alarm_max_retries
+            log.warning("duro: alarm of %s %s failed (retry %d)%s", self.ns.name,
+                        self.oid.name or self.oid.hex, ev.retry,
+                        "; it will be retried" if retry else "; giving up", exc_info=True,
+                        extra=self._event("alarm_failure", retry_count=ev.retry,
+                                          will_retry=retry))
         finally:
             current_call.reset(token)
             self._alarm_running = None

@@ -2,8 +2,8 @@
 
 The collector reads :meth:`duro.App.stats` at scrape time, so the runtime keeps no second set of
 counters: per namespace, activations, turns, cache hits and misses, evictions, flushes, flushed
-writes (batch sizes: writes ÷ flushes, and the largest batch), output-gate waits, resets, alarm
-runs and forwarded calls.
+writes (batch sizes: writes ÷ flushes, and the largest batch), output-gate waits, resets,
+fenced resets, alarm runs and failures, and forwarded calls.
 
     server = duro.metrics.start_metrics_server(app, port=9464)  # GET /metrics
 """
@@ -30,7 +30,9 @@ _COUNTERS = {
     "flushed_writes": "Writes committed (sum of batch sizes)",
     "gate_waits": "Outputs held by the output gate until writes were durable",
     "resets": "Object resets (failed flush, fencing, abort)",
+    "fenced": "Resets because another owner took over (a fenced commit or lease)",
     "alarms": "Alarm runs",
+    "alarm_failures": "Alarm runs that raised (retried with backoff)",
     "forwarded": "Calls forwarded to the owning process",
 }
 
