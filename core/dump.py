@@ -365,13 +365,17 @@ def import_dump(
     return stats
 
 
-def dump_to(backend: Backend, out: IO[str], namespaces: Iterable[str] | None = None) -> int:
-    """Write the dump of *backend* to *out*; return the number of objects."""
+def dump_to(backend: Backend, out: IO[str], namespaces: Iterable[str] | None = None, *,
+            on_object: Callable[[DumpObject], None] | None = None) -> int:
+    """Write the dump of *backend* to *out*; return the number of objects (*on_object* is
+    called after each, e.g. for a progress bar)."""
     n = 0
 
-    def count(_obj: DumpObject) -> None:
+    def count(obj: DumpObject) -> None:
         nonlocal n
         n += 1
+        if on_object is not None:
+            on_object(obj)
 
     for line in export_lines(backend, namespaces, on_object=count):
         out.write(line)

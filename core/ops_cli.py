@@ -21,7 +21,7 @@ import datetime as dt
 import itertools
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -224,13 +224,13 @@ def export_cmd(
     """Write every object (or those of --namespace) as a JSON-lines dump."""
     with _errors():
         url = _resolve(backend)
-        with open_existing(url) as b:
+        with open_existing(url) as b, _counting("exporting") as on_object:
             if output is None:
-                n = dump_to(b, sys.stdout, namespace)
+                n = dump_to(b, sys.stdout, namespace, on_object=on_object)
                 sys.stdout.flush()
             else:
                 with output.open("w", encoding="ascii") as f:
-                    n = dump_to(b, f, namespace)
+                    n = dump_to(b, f, namespace, on_object=on_object)
         _err().print(f"exported {n} object(s)")
 
 
@@ -263,18 +263,25 @@ def import_cmd(
                      f"{stats.bytes:,} bytes")
 
 
+@contextmanager
+def _counting(what: str) -> Iterator[Callable[[DumpObject], None]]:
+    """A progress line on stderr (objects so far, elapsed); yields the per-object callback."""
+    progress = Progress(TextColumn(what), MofNCompleteColumn(), TextColumn("objects"),
+                        TimeElapsedColumn(), console=_err(), transient=True)
+    with progress:
+        task = progress.add_task(what, total=None)
+        yield lambda _obj: progress.update(task, advance=1)
+
+
 def _import_with_progress(target: Backend | None, lines: Iterable[str], wait: float
                           ) -> ImportStats:
     """Import with a progress line on stderr; on a bad line, say exactly what landed."""
     landed: list[DumpObject] = []
-    progress = Progress(TextColumn("importing"), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=_err(), transient=True)
-    with progress:
-        task = progress.add_task("import", total=None)
+    with _counting("importing") as count:
 
         def on_object(obj: DumpObject) -> None:
             landed.append(obj)
-            progress.update(task, advance=1)
+            count(obj)
 
         try:
             return import_dump(target, lines, wait=wait, on_object=on_object)

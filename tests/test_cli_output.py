@@ -102,3 +102,17 @@ def test_errors_keep_brackets(tmp_path: Path) -> None:
     done = duro_cli("inspect", "--backend", "nosuch://[x]", cwd=tmp_path)
     assert done.returncode == 2
     assert "nosuch://[x]" in done.stderr
+
+
+def test_export_and_import_show_progress_on_a_terminal(store: str, tmp_path: Path) -> None:
+    """Rich draws progress only on a terminal; TTY_COMPATIBLE=1 makes stderr count as one."""
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "DURO_BACKEND")}
+    env["TTY_COMPATIBLE"] = "1"
+    dump = tmp_path / "dump.jsonl"
+    for args, shown in ((["export", "--backend", store, "--output", str(dump)], "exporting"),
+                        (["import", "--backend", f"sqlite:///{tmp_path}/new.db", "--input",
+                          str(dump)], "importing")):
+        done = subprocess.run([sys.executable, "-c", MAIN, *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300, env=env, check=False)
+        assert done.returncode == 0, done.stderr
+        assert f"{shown} \x1b[32m2/" in done.stderr or f"{shown} 2/" in done.stderr, done.stderr
