@@ -57,13 +57,17 @@ from duro.backends import _lmdb_keys as lk
 from duro.backends.base import (
     FORMAT_VERSION,
     UNCHANGED,
+    AcquireOp,
     Backend,
     BackendURL,
     Batch,
+    CommitOp,
     Lease,
     LeaseHeld,
+    Loaded,
     ObjectInfo,
     ObjectRef,
+    WriteOp,
     check_format_version,
 )
 from duro.errors import BackendError, BackendUnavailable, ConfigError, DuroError, Fenced
@@ -425,6 +429,24 @@ class _Env:
             raise call.error
         return call.result  # type: ignore[return-value]
 
+    def write_many(self, fns: Sequence[Callable[[lmdb.Transaction[bytes]], object]]) -> list[_Call]:
+        """Queue every fn at once (they share the writer's next transaction); wait for all.
+
+        Each ran in its own nested transaction: read ``result`` / ``error`` of each call.
+        """
+        self.check_usable()
+        calls = [_Call(fn) for fn in fns]
+        if threading.get_ident() == self._writer_ident:
+            self._execute(calls)
+            return calls
+        with self._submit:
+            self.check_usable()
+            for call in calls:
+                self._queue.put(call)
+        for call in calls:
+            call.done.acquire()
+        return calls
+
     def _run(self) -> None:
         self._writer_ident = threading.get_ident()
         stop = False
@@ -595,6 +617,7 @@ class LMDBBackend(Backend):
     """Durable objects in one LMDB environment; see the module docstring for URL options."""
 
     scheme = "lmdb"
+    group_commit: ClassVar[bool] = True
     persistent: ClassVar[bool] = True
     multi_process: ClassVar[bool] = True
     multi_host: ClassVar[bool] = False
@@ -685,9 +708,18 @@ class LMDBBackend(Backend):
         name: str | None = None,
     ) -> Lease:
         """Take ownership under a new epoch (see :meth:`Backend.acquire`)."""
+        lease = self._use().write(self._acquire_fn(ref, owner, address, now, until, name, None))
+        assert isinstance(lease, Lease)
+        return lease
+
+    def _acquire_fn(self, ref: ObjectRef, owner: str, address: str | None, now: float,
+                    until: float, name: str | None, load: int | None
+                    ) -> Callable[[lmdb.Transaction[bytes]], Lease | Loaded]:
+        """The write-transaction body of an acquire; with *load*, also read the alarm and
+        the first *load* rows after the epoch bump, in the same transaction."""
         prefix = lk.object_prefix(ref)
 
-        def fn(txn: lmdb.Transaction[bytes]) -> Lease:
+        def fn(txn: lmdb.Transaction[bytes]) -> Lease | Loaded:
             rec = self._objects_rec(txn, prefix, ref)
             if rec is not None and rec.owner is not None and rec.owner != owner \
                     and rec.until > now:
@@ -701,9 +733,13 @@ class LMDBBackend(Backend):
             if name is not None:
                 rec.name = name
             txn.put(prefix, rec.pack(), db=self._env.objects)
-            return rec.lease()
+            if load is None:
+                return rec.lease()
+            rows = lk.scan(txn, self._env.kv, prefix, None, None, reverse=False, limit=load) \
+                if load > 0 else []
+            return Loaded(rec.lease(), rec.alarm, rows)
 
-        return self._use().write(fn)
+        return fn
 
     def renew(self, ref: ObjectRef, epoch: int, until: float) -> None:
         """Extend the lease; :class:`Fenced` if *epoch* is stale."""
@@ -718,6 +754,10 @@ class LMDBBackend(Backend):
 
     def release(self, ref: ObjectRef, epoch: int) -> None:
         """Give the lease up if *epoch* is still current."""
+        self._use().write(self._release_fn(ref, epoch))
+
+    def _release_fn(self, ref: ObjectRef,
+                    epoch: int) -> Callable[[lmdb.Transaction[bytes]], None]:
         prefix = lk.object_prefix(ref)
 
         def fn(txn: lmdb.Transaction[bytes]) -> None:
@@ -726,7 +766,7 @@ class LMDBBackend(Backend):
                 rec.owner, rec.address, rec.until = None, None, 0.0
                 txn.put(prefix, rec.pack(), db=self._env.objects)
 
-        self._use().write(fn)
+        return fn
 
     def read_lease(self, ref: ObjectRef) -> Lease | None:
         """The lease record, or ``None`` if the object was never owned."""
@@ -784,12 +824,40 @@ class LMDBBackend(Backend):
 
     def commit(self, ref: ObjectRef, epoch: int, batch: Batch) -> None:
         """Apply *batch* atomically with the epoch check (see :meth:`Backend.commit`)."""
-        prefix = lk.object_prefix(ref)
+        self._use().write(self._commit_fn(ref, epoch, batch, False))
+
+    def commit_many(self, ops: Sequence[WriteOp]) -> list[object]:
+        """Hand every op to the writer thread at once: one LMDB transaction, one flush.
+
+        Each op runs in its own nested transaction of the shared one, checking its own epoch:
+        a fenced op is aborted alone (its error is its result) and the others commit.
+        """
         env = self._use()
+        skip = self._mutant_group_skip_fence
+        fns: list[Callable[[lmdb.Transaction[bytes]], object]] = []
+        for op in ops:
+            if isinstance(op, CommitOp):
+                fns.append(self._commit_fn(op.ref, op.epoch, op.batch, skip))
+            elif isinstance(op, AcquireOp):
+                fns.append(self._acquire_fn(op.ref, op.owner, op.address, op.now, op.until,
+                                            op.name, op.load))
+            else:
+                fns.append(self._release_fn(op.ref, op.epoch))
+        return [c.error if c.error is not None else c.result for c in env.write_many(fns)]
+
+    def _commit_fn(self, ref: ObjectRef, epoch: int, batch: Batch,
+                   skip_fence: bool) -> Callable[[lmdb.Transaction[bytes]], None]:
+        """The write-transaction body of a commit (*skip_fence*: the test-only mutant)."""
+        prefix = lk.object_prefix(ref)
+        env = self._env
         kv = env.kv
 
         def fn(txn: lmdb.Transaction[bytes]) -> None:
-            rec = self._checked(txn, prefix, ref, epoch)
+            if skip_fence:
+                rec = self._objects_rec(txn, prefix, ref) or self._checked(txn, prefix, ref,
+                                                                           epoch)
+            else:
+                rec = self._checked(txn, prefix, ref, epoch)
             before = (rec.size, rec.keys, rec.alarm, rec.last_active, rec.until)
             if batch.delete_all:
                 lk.delete_prefix(txn, kv, prefix)
@@ -817,7 +885,7 @@ class LMDBBackend(Backend):
             if (rec.size, rec.keys, rec.alarm, rec.last_active, rec.until) != before:
                 txn.put(prefix, rec.pack(), db=env.objects)
 
-        env.write(fn)
+        return fn
 
     def delete_object(self, ref: ObjectRef, epoch: int) -> None:
         """Remove state, alarm and registry metadata; keep the epoch as a tombstone."""
@@ -905,6 +973,19 @@ class LMDBBackend(Backend):
             return out
 
         return sorted(self._use().read(fn))
+
+    def cluster_key(self, proposed: bytes) -> bytes:
+        """The cluster key kept in ``duro.meta`` (put once; see :meth:`Backend.cluster_key`)."""
+        env = self._use()
+
+        def fn(txn: lmdb.Transaction[bytes]) -> bytes:
+            stored = txn.get(b"cluster_key", db=env.meta)
+            if stored is None:
+                txn.put(b"cluster_key", proposed, db=env.meta)
+                return proposed
+            return bytes(stored)
+
+        return env.write(fn)
 
     # -- maintenance -------------------------------------------------------------------------
 

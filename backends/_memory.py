@@ -17,10 +17,12 @@ from duro.backends.base import (
     Backend,
     BackendURL,
     Batch,
+    CommitOp,
     Lease,
     LeaseHeld,
     ObjectInfo,
     ObjectRef,
+    WriteOp,
 )
 from duro.errors import Fenced
 
@@ -42,6 +44,7 @@ class _Store:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.objects: dict[ObjectRef, _Obj] = {}
+        self.cluster_key: bytes | None = None
 
 
 _shared: dict[str, _Store] = {}
@@ -54,6 +57,7 @@ class MemoryBackend(Backend):
     scheme = "memory"
     persistent: ClassVar[bool] = False
     multi_process: ClassVar[bool] = False
+    group_commit: ClassVar[bool] = True
 
     def __init__(self, url: BackendURL, store: _Store) -> None:
         self.url = url
@@ -156,24 +160,41 @@ class MemoryBackend(Backend):
 
     def commit(self, ref: ObjectRef, epoch: int, batch: Batch) -> None:
         with self._store.lock:
-            obj = self._check(ref, epoch)
-            if batch.delete_all:
-                obj.keys.clear()
-                obj.values.clear()
-                obj.alarm = None
-            for k in batch.deletes:
-                if obj.values.pop(k, None) is not None:
-                    del obj.keys[bisect.bisect_left(obj.keys, k)]
-            for k, v in batch.puts.items():
-                if k not in obj.values:
-                    bisect.insort(obj.keys, k)
-                obj.values[k] = v
-            if batch.alarm is not UNCHANGED:
-                obj.alarm = batch.alarm  # type: ignore[assignment]
-            if batch.active_at is not None:
-                obj.last_active = batch.active_at
-            if batch.lease_until is not None:
-                obj.lease = Lease(epoch, obj.lease.owner, obj.lease.address, batch.lease_until)
+            self._apply(self._check(ref, epoch), epoch, batch)
+
+    def commit_many(self, ops: Sequence[WriteOp]) -> list[object]:
+        """All ops under the lock at once (the memory store's "transaction"), each fenced."""
+        with self._store.lock:
+            if not self._mutant_group_skip_fence:
+                return super().commit_many(ops)
+            out: list[object] = []
+            for op in ops:
+                res = super().commit_many([op])[0]
+                if isinstance(res, Fenced) and isinstance(op, CommitOp):
+                    obj = self._obj(op.ref)  # mutant: a fenced op's writes land anyway
+                    self._apply(obj, obj.lease.epoch, op.batch)
+                    res = None
+                out.append(res)
+            return out
+
+    def _apply(self, obj: _Obj, epoch: int, batch: Batch) -> None:
+        if batch.delete_all:
+            obj.keys.clear()
+            obj.values.clear()
+            obj.alarm = None
+        for k in batch.deletes:
+            if obj.values.pop(k, None) is not None:
+                del obj.keys[bisect.bisect_left(obj.keys, k)]
+        for k, v in batch.puts.items():
+            if k not in obj.values:
+                bisect.insort(obj.keys, k)
+            obj.values[k] = v
+        if batch.alarm is not UNCHANGED:
+            obj.alarm = batch.alarm  # type: ignore[assignment]
+        if batch.active_at is not None:
+            obj.last_active = batch.active_at
+        if batch.lease_until is not None:
+            obj.lease = Lease(epoch, obj.lease.owner, obj.lease.address, batch.lease_until)
 
     def delete_object(self, ref: ObjectRef, epoch: int) -> None:
         with self._store.lock:
@@ -212,6 +233,13 @@ class MemoryBackend(Backend):
     def namespaces(self) -> list[str]:
         with self._store.lock:
             return sorted({r.namespace for r, o in self._store.objects.items() if not o.deleted})
+
+    def cluster_key(self, proposed: bytes) -> bytes:
+        """The cluster key of this store (Apps in one process may share a named store)."""
+        with self._store.lock:
+            if self._store.cluster_key is None:
+                self._store.cluster_key = proposed
+            return self._store.cluster_key
 
     def close(self) -> None:
         pass

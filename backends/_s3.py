@@ -5,8 +5,8 @@ consecutive sequence numbers, plus periodic checkpoints and a lease record updat
 compare-and-swap (SlateDB's fencing scheme, scaled down; see :mod:`duro.backends._s3_log` for
 the key layout):
 
-- **acquire** bumps the epoch in ``lease.json`` by CAS, loads checkpoint + log tail, then writes
-  a *fence* record at the next free slot. A stale owner's next append finds that slot taken.
+- **acquire** bumps the epoch in ``lease.json`` by CAS, loads the log from the checkpoint at
+  the lease's GC boundary, then writes *fence* records at a window of next slots at once.
 - **commit** is ONE create-only PUT of a batch record at the next slot. On 412, or when the
   outcome is unknown (409, 5xx, timeout), the slot is read back: our own write id means it
   landed; a higher epoch means :class:`~duro.errors.Fenced`; a lower (or equal) epoch is
@@ -15,9 +15,37 @@ the key layout):
   our own commits); a non-owner read (inspection, the registry, the alarm scheduler) catches up
   from S3 first (one LIST, plus GETs of new records).
 - every ``checkpoint_batches`` batches or ``checkpoint_bytes`` bytes a checkpoint ``snap/<seq>``
-  is written in the background; then older batch records and checkpoints are deleted. Fence
-  records are never deleted, and the newest record always survives, so the next free slot is
-  always visible to a LIST.
+  is written in the background; then the GC boundary in ``lease.json`` is raised to ``seq`` by
+  CAS, and only then are older batch records and checkpoints deleted. Fence records are never
+  deleted, and the newest record always survives.
+
+Why a stale owner can never land an acknowledged write that is lost (the fencing argument).
+Slots are filled create-only, so a slot's content never changes; it can only disappear through
+GC. GC is fenced: the owner at epoch ``e`` deletes slots below ``s`` only after writing
+``snap/s`` and after a CAS of ``lease.json`` that sets ``gc = s`` *and requires the stored
+epoch to still be* ``e``. A new owner B bumps the epoch (a CAS on the same record) and reads
+``gc = G`` in the same step; from then on no older owner can raise the boundary, so nothing
+at or above ``G`` is deleted by anyone but B (or owners after B). B loads from ``snap/G`` and
+puts its fence at slots above ``G``: it can never land in a collected slot, and it can never be
+collected under an older owner (the old bug: a fence PUT that got 412, then 404 after the old
+owner's GC, re-PUT into a slot below the old owner's checkpoint where no loader looks). The old
+owner A appends one slot at a time at the log's end; every slot below B's first fence is
+either A's (replayed by B before B's acquire returns) or older, so A's next append meets B's
+fence and gets :class:`Fenced`. For a writer at its own next slot, 412 then 404 therefore means
+a newer owner replayed and collected that slot: it is reported as Fenced (or as an unknown
+outcome if an earlier attempt of ours may be what was collected), never treated as free.
+A zombie that never stops writing cannot make acquire chase it: once B bumped the epoch it can
+no longer collect anything, and B fences a window of slots ``n .. n+k-1`` with parallel PUTs
+(every fence carries ``end = n+k-1``; a replay takes the first one it meets as the fence and
+skips to ``end + 1``, so unfilled slots of the window are harmless). A writes one slot per round
+trip and can take only a prefix of the window; windows grow (1, 2, 8, 32, 64...), so B wins
+within a few rounds, and gives up with :class:`~duro.errors.BackendUnavailable` after a bound.
+The extra cost is on acquire and on checkpoints (one lease CAS each), never on the hot path.
+
+LIST order: log catch-up (``StartAfter`` and the contiguity check), :meth:`S3Backend.list_objects`
+(pages in LIST order) and :meth:`S3Backend.due_alarms` (stops at the first bucket after *now*)
+rely on the lexicographic LIST order of S3 general purpose buckets, which S3 directory buckets
+(Express One Zone) do not give. Use a general purpose bucket.
 
 Options: ``endpoint_url``, ``region`` (default from boto3's chain, else ``us-east-1``),
 ``checkpoint_batches`` (64), ``checkpoint_bytes`` (1 MiB), ``timeout`` (seconds per request, 10),
@@ -58,7 +86,7 @@ from duro.backends._s3_log import (
     encode_fence,
     encode_snapshot,
 )
-from duro.backends._s3_store import Outcome, S3Store
+from duro.backends._s3_store import Outcome, PutResult, S3Store
 from duro.backends.base import (
     FORMAT_VERSION,
     Backend,
@@ -80,6 +108,8 @@ OPTIONS: Final = ("endpoint_url", "region", "sync", "checkpoint_batches", "check
                   "timeout", "retries", "max_connections", "lease_slack")
 _LOAD_ATTEMPTS: Final = 6
 _MAX_CACHED: Final = 4096
+_FENCE_WINDOWS: Final = (1, 2, 8, 32, 64, 64, 64)
+"""Sizes of the successive slot windows a new owner fences (see :meth:`S3Backend._fence`)."""
 
 
 def _wid() -> str:
@@ -222,6 +252,17 @@ class S3Backend(Backend):
                 return
         raise BackendUnavailable(f"could not read or create {self._store.where(key)}")
 
+    def cluster_key(self, proposed: bytes) -> bytes:
+        """The cluster key kept in ``duro-cluster-key`` beside the format marker, created once."""
+        key = self._layout.root + "duro-cluster-key"
+        for _ in range(3):
+            got = self._store.get(key)
+            if got is not None:
+                return got[0]
+            if self._store.put_conditional(key, proposed).outcome is Outcome.OK:
+                return proposed
+        raise BackendUnavailable(f"could not read or create {self._store.where(key)}")
+
     # -- test and measurement hooks -------------------------------------------------------------
 
     @property
@@ -271,7 +312,7 @@ class S3Backend(Backend):
                 for k in self._store.list_keys(o.log_folder, start_after=start_after)]
         if not seqs:
             return True
-        if seqs != list(range(st.next, st.next + len(seqs))):
+        if seqs[0] != st.next:
             return False
         keys = [o.log_key(s) for s in seqs]
         bodies = self._get_many_keys(keys)
@@ -282,13 +323,28 @@ class S3Backend(Backend):
             recs.append(decode_record(got[0], key, seq))
         with o.data:
             for rec in recs:
+                if rec.seq < st.next:
+                    continue  # the rest of a new owner's fence window
+                if rec.seq != st.next:
+                    return False  # a hole: collected while we listed
                 st.apply(rec)
         return True
 
-    def _load_full(self, o: _Obj) -> ObjectState:
+    def _load_full(self, o: _Obj, base: int = 0) -> ObjectState:
+        """Load the newest checkpoint and the log after it; from checkpoint *base* if given.
+
+        A new owner passes the GC boundary from the lease it just took: the checkpoint there
+        exists (nobody else can raise the boundary and collect it now), and replaying from it
+        puts every later batch record into our state, so our own GC collects them even if the
+        old owner wrote a newer checkpoint that it was no longer allowed to collect below.
+        """
         for _ in range(_LOAD_ATTEMPTS):
-            seqs = [self._layout.parse_seq(k, o.snap_folder)
-                    for k in self._store.list_keys(o.snap_folder)]
+            if base:
+                seqs = [base]
+                base = 0  # if it is gone after all, fall back to the newest checkpoint
+            else:
+                seqs = [self._layout.parse_seq(k, o.snap_folder)
+                        for k in self._store.list_keys(o.snap_folder)]
             st = ObjectState()
             if seqs:
                 key = o.snap_key(max(seqs))
@@ -326,6 +382,59 @@ class S3Backend(Backend):
             raise Fenced(f"object {o.short()} is now at epoch {st.fence_epoch}; ours was {epoch}")
         return st
 
+    def _land(self, o: _Obj, seq: int, body: bytes, wid: str, res: PutResult) -> Record:
+        """The record that occupies slot *seq* after our create-only PUT of *body* ended *res*.
+
+        That is our own record (it landed, maybe on an earlier attempt), or another writer's.
+        An unknown outcome is settled by reading the slot back and, if it is empty, putting
+        again. A slot that was taken (412) and is then gone (404) was collected by a newer
+        owner's GC, which only happens below a GC boundary that owner raised after our epoch
+        ended: :class:`Fenced` (or, if an earlier attempt of ours had an unknown outcome and so
+        may be what was collected, :class:`BackendUnavailable`).
+        """
+        key = o.log_key(seq)
+        unknown = 0
+        while True:
+            if res.outcome is Outcome.OK:
+                return decode_record(body, key, seq)
+            try:
+                got = self._store.get(key)
+            except BackendUnavailable:
+                got = None
+                if res.outcome is not Outcome.UNKNOWN:
+                    res = PutResult(Outcome.UNKNOWN, error=res.error)
+            if got is not None:
+                return decode_record(got[0], key, seq)
+            if res.outcome is Outcome.PRECONDITION_FAILED:
+                o.owned = None
+                if unknown:
+                    raise BackendUnavailable(
+                        f"object {o.short()}: slot {seq} was collected by a newer owner; whether "
+                        "our earlier attempt landed there is unknown", orig=res.error)
+                raise Fenced(f"object {o.short()}: slot {seq} was taken and then collected by a "
+                             "newer owner")
+            unknown += 1
+            if unknown > self._store.retries:
+                o.owned = None  # the outcome is unknown: re-read the log before trusting it
+                raise BackendUnavailable(
+                    f"object {o.short()}: the outcome of writing {self._store.where(key)} is "
+                    f"unknown after {unknown} attempts", orig=res.error)
+            self._store.sleep_backoff(unknown)
+            res = self._store.put_conditional(key, body)
+
+    def _take(self, o: _Obj, st: ObjectState, rec: Record, wid: str, epoch: int) -> bool:
+        """Apply the record found at ``st.next``; True if it is ours, Fenced if newer."""
+        with o.data:
+            if rec.wid != wid and rec.epoch > epoch:
+                o.owned = None
+                raise Fenced(f"object {o.short()}: slot {rec.seq} was taken by epoch "
+                             f"{rec.epoch}; ours is {epoch}")
+            st.apply(rec)
+        if rec.wid != wid:
+            log.debug("object %s: replayed epoch %d's record at slot %d", o.short(), rec.epoch,
+                      rec.seq)
+        return rec.wid == wid
+
     def _append(self, o: _Obj, st: ObjectState, epoch: int, wid: str,
                 make_body: Callable[[int], bytes]) -> Record:
         """Create our record at the next free slot; return it once it landed.
@@ -333,41 +442,42 @@ class S3Backend(Backend):
         Raise :class:`Fenced` if a higher epoch took the slot; replay lower/equal-epoch records
         of other writers and move on; :class:`BackendUnavailable` if the outcome stays unknown.
         """
-        failures = 0
         while True:
             seq = st.next
-            key = o.log_key(seq)
             body = make_body(seq)
-            res = self._store.put_conditional(key, body)
-            if res.outcome is Outcome.OK:
-                rec = decode_record(body, key, seq)
-                with o.data:
-                    st.apply(rec)
+            rec = self._land(o, seq, body, wid, self._store.put_conditional(o.log_key(seq), body))
+            if self._take(o, st, rec, wid, epoch):
                 return rec
-            try:
-                got = self._store.get(key)
-            except BackendUnavailable:
-                got = None
-            if got is None:
-                failures += 1
-                if failures > self._store.retries:
-                    o.owned = None  # the outcome is unknown: re-read the log before trusting it
-                    raise BackendUnavailable(
-                        f"object {o.short()}: the outcome of writing {self._store.where(key)} is "
-                        f"unknown after {failures} attempts", orig=res.error)
-                self._store.sleep_backoff(failures)
-                continue
-            other = decode_record(got[0], key, seq)
-            with o.data:
-                st.apply(other)
-            if other.wid == wid:
-                return other  # an earlier attempt of ours landed (e.g. timeout after the PUT)
-            if other.epoch > epoch:
-                o.owned = None
-                raise Fenced(f"object {o.short()}: slot {seq} was taken by epoch {other.epoch}; "
-                             f"ours is {epoch}")
-            log.debug("object %s: replayed epoch %d's record at slot %d", o.short(),
-                      other.epoch, seq)
+
+    def _fence(self, o: _Obj, st: ObjectState, epoch: int) -> None:
+        """Write our fence where the log's replay reaches it (caller holds ``o.io``).
+
+        Fences go to a window of slots ``n .. n+k-1`` at once (``n`` = the next slot we know
+        of), all carrying ``end = n+k-1``. The old owner appends one slot at a time, so it can
+        take only a prefix of the window before it hits one of ours; the first slot that holds
+        our fence is *the* fence, and every replay skips from it to ``end + 1``. If the old
+        owner took the whole window, the next window (larger) starts after it: a zombie that
+        never stops writing cannot keep ahead of windows that grow faster than it appends.
+        """
+        wid = _wid()
+        for k in _FENCE_WINDOWS:
+            n = st.next
+            end = n + k - 1
+            bodies = [encode_fence(seq, epoch, wid, end) for seq in range(n, end + 1)]
+            if k == 1:
+                results = [self._store.put_conditional(o.log_key(n), bodies[0])]
+            else:
+                results = list(self._io_pool.map(
+                    self._store.put_conditional, [o.log_key(n + i) for i in range(k)], bodies))
+            for i, res in enumerate(results):
+                seq = n + i
+                if seq < st.next:
+                    continue  # inside the window of a fence replayed just now
+                if self._take(o, st, self._land(o, seq, bodies[i], wid, res), wid, epoch):
+                    return
+        raise BackendUnavailable(
+            f"object {o.short()}: could not fence the log: the previous owner kept taking every "
+            f"slot of {len(_FENCE_WINDOWS)} windows of up to {_FENCE_WINDOWS[-1]} slots")
 
     # -- leases ---------------------------------------------------------------------------------
 
@@ -454,10 +564,11 @@ class S3Backend(Backend):
             with o.lease_lock:
                 doc = self._bump_lease(o, owner, address, now, until, name)
             epoch = doc.epoch
-            st = self._refresh(o)
-            wid = _wid()
+            if o.state is None or not self._catch_up(o, o.state):
+                self._set_state(o, self._load_full(o, base=doc.gc))
+            assert o.state is not None
             try:
-                self._append(o, st, epoch, wid, lambda seq: encode_fence(seq, epoch, wid))
+                self._fence(o, o.state, epoch)
             except Fenced:
                 with o.lease_lock:
                     cur, _ = self._read_lease_doc(o)
@@ -553,7 +664,7 @@ class S3Backend(Backend):
                             f"object {o.short()}: the batch landed but renewing the lease "
                             f"failed ({exc}); the instance must reset", orig=exc) from exc
             if landed:
-                self._maybe_checkpoint(o, st)
+                self._maybe_checkpoint(o, st, epoch)
 
     def _extend_lease(self, o: _Obj, epoch: int, until: float) -> bool:
         with o.lease_lock:
@@ -574,7 +685,7 @@ class S3Backend(Backend):
         if old_alarm_key is not None and old_alarm_key != st.alarm_key:
             self._store.delete(old_alarm_key)  # only AFTER the alarm is cleared or moved
 
-    def _maybe_checkpoint(self, o: _Obj, st: ObjectState) -> None:
+    def _maybe_checkpoint(self, o: _Obj, st: ObjectState, epoch: int) -> None:
         """Start a background checkpoint if enough log piled up (caller holds ``o.io``)."""
         if o.checkpointing or (st.batches_since_snap < self._checkpoint_batches
                                and st.bytes_since_snap < self._checkpoint_bytes):
@@ -587,7 +698,7 @@ class S3Backend(Backend):
         st.batches_since_snap = st.bytes_since_snap = 0
         st.snap_seq = seq
         o.checkpointing = True
-        future = self._task_pool.submit(self._checkpoint, o, seq, body, old)
+        future = self._task_pool.submit(self._checkpoint, o, seq, body, old, epoch)
         with self._background_lock:
             self._background.add(future)
         future.add_done_callback(self._background_done)
@@ -602,9 +713,9 @@ class S3Backend(Backend):
             pending = list(self._background)
         wait(pending)
 
-    def _checkpoint(self, o: _Obj, seq: int, body: bytes, old: list[int]) -> None:
+    def _checkpoint(self, o: _Obj, seq: int, body: bytes, old: list[int], epoch: int) -> None:
         try:
-            self._write_checkpoint(o, seq, body, old)
+            self._write_checkpoint(o, seq, body, old, epoch)
         except DuroError as exc:
             log.warning("object %s: checkpoint at %d failed: %s", o.short(), seq, exc)
             with o.io:  # keep track of the batch records still to collect
@@ -613,8 +724,15 @@ class S3Backend(Backend):
         finally:
             o.checkpointing = False
 
-    def _write_checkpoint(self, o: _Obj, seq: int, body: bytes, old: list[int]) -> None:
-        """PUT ``snap/<seq>`` create-only, then delete older batch records and checkpoints."""
+    def _write_checkpoint(self, o: _Obj, seq: int, body: bytes, old: list[int],
+                          epoch: int) -> None:
+        """PUT ``snap/<seq>``, raise the GC boundary to *seq* in the lease (a CAS that needs our
+        *epoch*), then delete older batch records and checkpoints.
+
+        The boundary goes up before anything is deleted, and only while *epoch* holds the
+        lease: once a new owner has bumped the epoch, nothing at or above the boundary it read
+        is ever deleted by an older owner (see the module docs).
+        """
         key = o.snap_key(seq)
         for attempt in range(self._store.retries + 1):
             res = self._store.put_conditional(key, body)
@@ -623,6 +741,14 @@ class S3Backend(Backend):
             self._store.sleep_backoff(attempt + 1)
         else:
             raise BackendUnavailable(f"could not write checkpoint {self._store.where(key)}")
+        with o.lease_lock:
+            ours = self._cas_lease(o, epoch, lambda d: replace(d, gc=max(d.gc, seq)),
+                                   stale_ok=True)
+        if not ours:
+            log.info("object %s: not collecting below checkpoint %d: epoch %d no longer holds "
+                     "the lease (the new owner collects from its own boundary)", o.short(), seq,
+                     epoch)
+            return
         doomed = [o.log_key(s) for s in old if s < seq]  # never fences, never the newest record
         doomed += [k for k in self._store.list_keys(o.snap_folder)
                    if self._layout.parse_seq(k, o.snap_folder) < seq]
@@ -647,7 +773,7 @@ class S3Backend(Backend):
             st.snap_seq = seq
             with o.data:
                 st.last_active = None
-            self._write_checkpoint(o, seq, body, old)
+            self._write_checkpoint(o, seq, body, old, epoch)
             if old_alarm_key is not None:
                 self._store.delete(old_alarm_key)
             with o.lease_lock:

@@ -143,6 +143,8 @@ class LeaseDoc:
     name: str | None = None
     registered: bool = False
     wid: str = ""
+    gc: int = 0
+    """The GC boundary: log slots below it may have been deleted (raised only by the owner)."""
 
     def lease(self) -> Lease:
         """As the contract's :class:`Lease`."""
@@ -154,7 +156,7 @@ class LeaseDoc:
             "duro": LEASE_MAGIC, "format": FORMAT_VERSION, "ns": self.ns, "id": self.id,
             "epoch": self.epoch, "owner": self.owner, "address": self.address,
             "until": self.until, "name": self.name, "registered": self.registered,
-            "wid": self.wid,
+            "wid": self.wid, "gc": self.gc,
         }, separators=(",", ":")).encode()
 
     @classmethod
@@ -172,7 +174,8 @@ class LeaseDoc:
         try:
             return cls(str(d["ns"]), str(d["id"]), int(d["epoch"]), d.get("owner"),
                        d.get("address"), float(d.get("until", 0.0)), d.get("name"),
-                       bool(d.get("registered", False)), str(d.get("wid", "")))
+                       bool(d.get("registered", False)), str(d.get("wid", "")),
+                       int(d.get("gc", 0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise BackendError(f"corrupt duro lease record {key!r}: {exc}", orig=exc) from exc
 
@@ -209,10 +212,18 @@ def _unpack(body: bytes, key: str, magic: str, what: str) -> dict[str, Any]:
     return d  # type: ignore[no-any-return]
 
 
-def encode_fence(seq: int, epoch: int, wid: str) -> bytes:
-    """A fence record: a new owner's first write."""
-    return _pack({"duro": LOG_MAGIC, "format": FORMAT_VERSION, "kind": "fence", "seq": seq,
-                  "epoch": epoch, "wid": wid})
+def encode_fence(seq: int, epoch: int, wid: str, end: int | None = None) -> bytes:
+    """A fence record: a new owner's first write.
+
+    A new owner writes fences at a window of slots ``seq .. end`` at once; the first of them
+    that a replay reaches is the fence, and the replay then skips to ``end + 1`` (the other
+    slots of the window hold more fences of the same epoch, or nothing).
+    """
+    d: dict[str, Any] = {"duro": LOG_MAGIC, "format": FORMAT_VERSION, "kind": "fence",
+                         "seq": seq, "epoch": epoch, "wid": wid}
+    if end is not None and end > seq:
+        d["end"] = end
+    return _pack(d)
 
 
 def encode_batch(seq: int, epoch: int, wid: str, batch: Batch, alarm_key: str | None,
@@ -280,6 +291,7 @@ class ObjectState:
         self.next = rec.seq + 1
         if rec.kind == "fence":
             self.fence_epoch = max(self.fence_epoch, rec.epoch)
+            self.next = max(self.next, int(rec.body.get("end", rec.seq)) + 1)
             return
         d = rec.body
         self.batch_seqs.append(rec.seq)

@@ -15,7 +15,12 @@ Fencing: a commit is one transaction that starts with
 records the last-active time), requires it to hit exactly one row, then applies delete-all,
 deletes, puts and the alarm, and commits. PostgreSQL re-checks that WHERE after waiting on a
 concurrent updater's row lock, so the same statement fences there too; acquire takes the row
-with ``SELECT ... FOR UPDATE``.
+with ``SELECT ... FOR UPDATE``. On SQLite a batch that changes nothing in the object's row
+checks the epoch with a plain read instead: the transaction holds the write lock from
+``BEGIN IMMEDIATE`` on, so that is as atomic, and the objects page stays out of the WAL.
+
+Group commit (:meth:`SQLBackend.commit_many`): many objects' batches, lease acquires and
+releases run in one write transaction, each op fenced by its own epoch check.
 
 URL options: ``sync=full|normal|off`` (SQLite ``synchronous=FULL|NORMAL|OFF``, PostgreSQL
 ``synchronous_commit=on|off|off``) and ``busy_timeout`` (seconds to wait for SQLite's write
@@ -38,17 +43,22 @@ import sqlalchemy.exc as sa_exc
 from sqlalchemy.pool import NullPool
 
 from duro.backends._sql_dialect import SQLDialect, dialect_for, is_transient
-from duro.backends._sql_schema import FORMAT_KEY, kv, meta, metadata, objects
+from duro.backends._sql_schema import CLUSTER_KEY, FORMAT_KEY, kv, meta, metadata, objects
+from duro.backends._writer_lock import WriterLock
 from duro.backends.base import (
     FORMAT_VERSION,
     UNCHANGED,
+    AcquireOp,
     Backend,
     BackendURL,
     Batch,
+    CommitOp,
     Lease,
     LeaseHeld,
+    Loaded,
     ObjectInfo,
     ObjectRef,
+    WriteOp,
     check_format_version,
 )
 from duro.errors import (
@@ -85,6 +95,20 @@ _UPSERT: Final = (
     "ON CONFLICT (ns, id, key) DO UPDATE SET value = excluded.value"
 )
 _GET1: Final = "SELECT value FROM kv WHERE ns = ? AND id = ? AND key = ?"
+# Acquire and release inside a group transaction (commit_many): the same steps as acquire().
+_ACQ_INSERT: Final = (
+    "INSERT INTO objects (ns, id, name, epoch, owner, address, lease_until, alarm_at, "
+    "last_active, deleted) VALUES (?, ?, ?, 0, NULL, NULL, 0.0, NULL, NULL, ?) "
+    "ON CONFLICT (ns, id) DO NOTHING"
+)
+_ACQ_TAKE: Final = (
+    "UPDATE objects SET epoch = ?, owner = ?, address = ?, lease_until = ?, deleted = ?, "
+    "name = COALESCE(?, name) WHERE ns = ? AND id = ?"
+)
+_RELEASE: Final = (
+    "UPDATE objects SET owner = NULL, address = NULL, lease_until = 0.0 "
+    "WHERE ns = ? AND id = ? AND epoch = ?"
+)
 
 
 def _scan_sql(lo: bool, hi: bool, reverse: bool, limit: bool) -> str:
@@ -136,6 +160,7 @@ class SQLBackend(Backend):
     """
 
     scheme = "sqlite"
+    group_commit: ClassVar[bool] = True
     persistent: ClassVar[bool] = True
     multi_process: ClassVar[bool] = True
     multi_host: ClassVar[bool] = False
@@ -147,7 +172,7 @@ class SQLBackend(Backend):
         self._dialect = dialect
         self._where = where
         self._closed = False
-        self._wlock = threading.Lock()
+        self._wlock = WriterLock()  # lease renewals take it first
         self._local = threading.local()
         self._readers: list[_Reader] = []
         self._readers_lock = threading.Lock()
@@ -166,12 +191,26 @@ class SQLBackend(Backend):
         self._q_delete = q(_DELETE)
         self._q_upsert = q(_UPSERT)
         self._q_get1 = q(_GET1)
+        self._q_acq_insert = q(_ACQ_INSERT)
+        self._q_acq_lock = q(_LEASE + (" FOR UPDATE" if dialect.name == "postgresql" else ""))
+        self._q_acq_take = q(_ACQ_TAKE)
+        self._q_release = q(_RELEASE)
         self._q_scan = {
             (lo, hi, rev, lim): q(_scan_sql(lo, hi, rev, lim))
             for lo in (False, True) for hi in (False, True)
             for rev in (False, True) for lim in (False, True)
         }
         self._begin_write = dialect.begin_write
+        self._read_fence = dialect.name == "sqlite"  # see _apply_commit
+        # SQLite at sync=full: a group of only lease acquires and releases commits without
+        # its own fsync (WAL, synchronous=NORMAL: never corrupt); the next synced commit makes
+        # it durable with everything before it. Safe on one host: the only thing an unsynced
+        # acquire guards is the lease, and an OS crash that could lose it also ends every
+        # process on the host that could hold it. Nothing is released on the strength of it
+        # (outputs wait for their own synced commits, and reads see only committed state).
+        self._relax_sync: tuple[str, str] | None = (
+            ("PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL")
+            if dialect.name == "sqlite" and url.sync_level() == "full" else None)
         self._begin_snapshot = dialect.begin_snapshot
 
         self._open_writer()
@@ -370,6 +409,27 @@ class SQLBackend(Backend):
         """Extend the lease; :class:`Fenced` if *epoch* is stale."""
         self.commit(ref, epoch, Batch(lease_until=until))
 
+    def renew_many(self, leases: Sequence[tuple[ObjectRef, int]],
+                   until: float) -> dict[ObjectRef, Fenced]:
+        """Extend many leases in one transaction (one lock, one sync to disk)."""
+        o = objects.c
+        stale: dict[ObjectRef, Fenced] = {}
+        with self._wlock.first(), self._guard("renew"):
+            self._check_open()
+            conn = self._wconn
+            with conn.begin():
+                for ref, epoch in leases:
+                    hit = conn.execute(
+                        sa.update(objects)
+                        .where((o.ns == ref.namespace) & (o.id == ref.id) & (o.epoch == epoch))
+                        .values(lease_until=until)
+                    ).rowcount
+                    if hit != 1:
+                        current = conn.execute(sa.select(o.epoch).where(
+                            (o.ns == ref.namespace) & (o.id == ref.id))).scalar()
+                        stale[ref] = self._fenced(ref, epoch, int(current or 0))
+        return stale
+
     def release(self, ref: ObjectRef, epoch: int) -> None:
         """Give the lease up if *epoch* is still current (the epoch stays)."""
         o = objects.c
@@ -495,9 +555,92 @@ class SQLBackend(Backend):
 
     def commit(self, ref: ObjectRef, epoch: int, batch: Batch) -> None:
         """Apply *batch* in one transaction that starts with the epoch-checked UPDATE."""
+        with self._commit_writer() as (cur, raw):
+            try:
+                if self._begin_write is not None:
+                    cur.execute(self._begin_write)
+                fenced = self._apply_commit(cur, ref, epoch, batch, False)
+                if fenced is not None:
+                    raw.rollback()
+                    raise fenced
+                raw.commit()
+            except self._errors as exc:
+                with contextlib.suppress(Exception):
+                    raw.rollback()
+                self._heal_commit_writer(raw)
+                raise self._map(exc, "commit") from exc
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    raw.rollback()
+                raise
+
+    def commit_many(self, ops: Sequence[WriteOp]) -> list[object]:
+        """Run every op in **one** write transaction: one lock, one sync for all of them.
+
+        Each op checks its own epoch first, with the statement that fences a lone commit; a
+        fenced op changed nothing (its UPDATE matched no row), so it is skipped and reported,
+        and the others still commit. Ops run ordered by object, so concurrent groups in other
+        processes take PostgreSQL's row locks in the same order (no deadlock). A failure of the
+        transaction itself raises, for every op together.
+        """
+        order = sorted(range(len(ops)), key=lambda i: (ops[i].ref.namespace, ops[i].ref.id))
+        out: list[object] = [None] * len(ops)
+        skip_fence = self._mutant_group_skip_fence
+        relax = self._relax_sync is not None and not any(isinstance(op, CommitOp) for op in ops)
+        with self._commit_writer() as (cur, raw):
+            try:
+                if relax:
+                    cur.execute(self._relax_sync[0])  # type: ignore[index]
+                if self._begin_write is not None:
+                    cur.execute(self._begin_write)
+                for i in order:
+                    op = ops[i]
+                    if isinstance(op, CommitOp):
+                        out[i] = self._apply_commit(cur, op.ref, op.epoch, op.batch, skip_fence)
+                    elif isinstance(op, AcquireOp):
+                        out[i] = self._apply_acquire(cur, op)
+                    else:
+                        cur.execute(self._q_release, (op.ref.namespace, op.ref.id, op.epoch))
+                raw.commit()
+            except self._errors as exc:
+                with contextlib.suppress(Exception):
+                    raw.rollback()
+                self._heal_commit_writer(raw)
+                raise self._map(exc, "commit") from exc
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    raw.rollback()
+                raise
+            finally:
+                if relax:
+                    with contextlib.suppress(Exception):
+                        cur.execute(self._relax_sync[1])  # type: ignore[index]
+        return out
+
+    def _apply_commit(self, cur: Any, ref: ObjectRef, epoch: int, batch: Batch,
+                      skip_fence: bool) -> Fenced | None:
+        """Inside an open write transaction: fence, then apply *batch*; the error if fenced.
+
+        The fencing check is the first statement (an UPDATE of the object's row, or on SQLite
+        a read of its epoch when the row has nothing to change): when it fails nothing of the
+        batch has been applied (unless *skip_fence*, the test-only mutant, applies it anyway).
+        """
         ns = ref.namespace
         oid = ref.id
         alarm = batch.alarm
+        if (self._read_fence and alarm is UNCHANGED and not batch.delete_all
+                and batch.lease_until is None and batch.active_at is None):
+            # Nothing to change in the object's row: read its epoch instead of updating it
+            # (an UPDATE would put the objects page in the WAL again on every commit). On
+            # SQLite this transaction holds the database's write lock since BEGIN IMMEDIATE,
+            # so the epoch cannot change before it commits: the check is as atomic.
+            cur.execute(self._q_epoch, (ns, oid))
+            row = cur.fetchone()
+            current = int(row[0]) if row else 0
+            if current != epoch and not skip_fence:
+                return self._fenced(ref, epoch, current)
+            self._apply_rows(cur, ns, oid, batch)
+            return None
         if alarm is UNCHANGED:
             if batch.delete_all:
                 fence = self._q_fence_alarm
@@ -509,42 +652,56 @@ class SQLBackend(Backend):
         else:
             fence = self._q_fence_alarm
             fparams = (batch.lease_until, batch.active_at, alarm, ns, oid, epoch)
+        cur.execute(fence, fparams)
+        if cur.rowcount != 1 and not skip_fence:
+            cur.execute(self._q_epoch, (ns, oid))
+            row = cur.fetchone()
+            return self._fenced(ref, epoch, int(row[0]) if row else 0)
+        self._apply_rows(cur, ns, oid, batch)
+        return None
+
+    def _apply_rows(self, cur: Any, ns: str, oid: str, batch: Batch) -> None:
+        """The batch's row changes (after its fencing check passed)."""
         puts = batch.puts
         deletes = batch.deletes
-        with self._commit_writer() as (cur, raw):
-            try:
-                if self._begin_write is not None:
-                    cur.execute(self._begin_write)
-                cur.execute(fence, fparams)
-                if cur.rowcount != 1:
-                    cur.execute(self._q_epoch, (ns, oid))
-                    row = cur.fetchone()
-                    raise self._fenced(ref, epoch, int(row[0]) if row else 0)
-                if batch.delete_all:
-                    cur.execute(self._q_delete_all, (ns, oid))
-                if deletes:
-                    if len(deletes) == 1:
-                        for k in deletes:
-                            cur.execute(self._q_delete, (ns, oid, k))
-                    else:
-                        cur.executemany(self._q_delete, [(ns, oid, k) for k in deletes])
-                if puts:
-                    if len(puts) == 1:
-                        for k, v in puts.items():
-                            cur.execute(self._q_upsert, (ns, oid, k, v))
-                    else:
-                        cur.executemany(
-                            self._q_upsert, [(ns, oid, k, v) for k, v in puts.items()])
-                raw.commit()
-            except self._errors as exc:
-                with contextlib.suppress(Exception):
-                    raw.rollback()
-                self._heal_commit_writer(raw)
-                raise self._map(exc, "commit") from exc
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    raw.rollback()
-                raise
+        if batch.delete_all:
+            cur.execute(self._q_delete_all, (ns, oid))
+        if deletes:
+            if len(deletes) == 1:
+                for k in deletes:
+                    cur.execute(self._q_delete, (ns, oid, k))
+            else:
+                cur.executemany(self._q_delete, [(ns, oid, k) for k in deletes])
+        if puts:
+            if len(puts) == 1:
+                for k, v in puts.items():
+                    cur.execute(self._q_upsert, (ns, oid, k, v))
+            else:
+                cur.executemany(self._q_upsert, [(ns, oid, k, v) for k, v in puts.items()])
+
+    def _apply_acquire(self, cur: Any, op: AcquireOp) -> Lease | Loaded | LeaseHeld:
+        """Inside an open write transaction: :meth:`acquire`'s steps, on the raw cursor, then
+        (with ``op.load``) the object's alarm and first rows as of the new epoch."""
+        ns, oid = op.ref.namespace, op.ref.id
+        cur.execute(self._q_acq_insert, (ns, oid, op.name, False))
+        cur.execute(self._q_acq_lock, (ns, oid))
+        epoch, owner, address, until = cur.fetchone()
+        if owner is not None and owner != op.owner and until > op.now:
+            return LeaseHeld(Lease(int(epoch), owner, address, float(until)))
+        epoch = int(epoch) + 1
+        cur.execute(self._q_acq_take,
+                    (epoch, op.owner, op.address, op.until, False, op.name, ns, oid))
+        lease = Lease(epoch, op.owner, op.address, op.until)
+        if op.load is None:
+            return lease
+        cur.execute(self._q_alarm, (ns, oid))
+        row = cur.fetchone()
+        alarm = None if row is None or row[0] is None else float(row[0])
+        rows: list[tuple[bytes, bytes]] = []
+        if op.load > 0:
+            cur.execute(self._q_scan[(False, False, False, True)], (ns, oid, op.load))
+            rows = [(bytes(k), bytes(v)) for k, v in cur.fetchall()]
+        return Loaded(lease, alarm, rows)
 
     @contextlib.contextmanager
     def _commit_writer(self) -> Iterator[tuple[Any, Any]]:
@@ -642,10 +799,22 @@ class SQLBackend(Backend):
         with self._read("namespaces") as conn:
             return [r[0] for r in conn.execute(stmt)]
 
+    def cluster_key(self, proposed: bytes) -> bytes:
+        """The cluster key kept in ``duro_meta`` (inserted once, see ``Backend.cluster_key``)."""
+        with self._wlock, self._guard("cluster_key"):
+            self._check_open()
+            conn = self._wconn
+            with conn.begin():
+                conn.execute(self._dialect.insert_if_absent(meta).values(
+                    name=CLUSTER_KEY, value=proposed.hex()))
+                stored = conn.execute(
+                    sa.select(meta.c.value).where(meta.c.name == CLUSTER_KEY)).scalar_one()
+        return bytes.fromhex(stored)
+
     def _after_fork(self) -> None:
         """In a forked child: forget the parent's connections, open our own writer."""
         _inherited.append((self._wconn, self._wcur, self._readers))
-        self._wlock = threading.Lock()
+        self._wlock = WriterLock()
         self._readers_lock = threading.Lock()
         self._local = threading.local()
         self._readers = []

@@ -15,10 +15,12 @@ from typing import Final
 
 import sqlalchemy as sa
 
-__all__ = ["FORMAT_KEY", "kv", "meta", "metadata", "objects"]
+__all__ = ["CLUSTER_KEY", "FORMAT_KEY", "kv", "meta", "metadata", "objects"]
 
 FORMAT_KEY: Final = "format_version"
 """``duro_meta.name`` of the row holding the storage-format version."""
+CLUSTER_KEY: Final = "cluster_key"
+"""``duro_meta.name`` of the row holding the cluster key (hex)."""
 
 # Text compared and sorted by code point on every dialect: SQLite's default BINARY collation
 # already does that; PostgreSQL needs the "C" collation (the database default may be a locale).

@@ -22,19 +22,24 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Final
 from urllib.parse import parse_qsl, urlsplit
 
-from duro.errors import ConfigError
+from duro.errors import ConfigError, DuroError, Fenced
 
 __all__ = [
     "FORMAT_VERSION",
     "UNCHANGED",
+    "AcquireOp",
     "Backend",
     "BackendURL",
     "Batch",
+    "CommitOp",
     "Lease",
     "LeaseHeld",
+    "Loaded",
     "ObjectInfo",
     "ObjectRef",
+    "ReleaseOp",
     "SyncLevel",
+    "WriteOp",
     "check_format_version",
 ]
 
@@ -105,6 +110,73 @@ class Batch:
         return bool(
             self.puts or self.deletes or self.delete_all or self.alarm is not UNCHANGED
         )
+
+
+@dataclass(frozen=True, slots=True)
+class CommitOp:
+    """:meth:`Backend.commit` of *batch* under *epoch*, one item of :meth:`Backend.commit_many`."""
+
+    ref: ObjectRef
+    epoch: int
+    batch: Batch
+
+    def apply(self, backend: Backend) -> None:
+        """Run it alone."""
+        backend.commit(self.ref, self.epoch, self.batch)
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """An :class:`AcquireOp`'s result when it also loads: the lease, then what the object
+    holds under it (its alarm and its first rows in key order)."""
+
+    lease: Lease
+    alarm: float | None
+    rows: list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class AcquireOp:
+    """:meth:`Backend.acquire`, as one item of :meth:`Backend.commit_many`.
+
+    The result is the :class:`Lease`; with *load* (a row count) it is a :class:`Loaded`: the
+    alarm and the first *load* rows, read after the epoch bump (a group-commit backend reads
+    them inside the same transaction, so they are exactly the state the new epoch starts
+    from: any later write by a stale owner is fenced).
+    """
+
+    ref: ObjectRef
+    owner: str
+    address: str | None
+    now: float
+    until: float
+    name: str | None = None
+    load: int | None = None
+
+    def apply(self, backend: Backend) -> Lease | Loaded:
+        """Run it alone."""
+        lease = backend.acquire(self.ref, owner=self.owner, address=self.address, now=self.now,
+                                until=self.until, name=self.name)
+        if self.load is None:
+            return lease
+        return Loaded(lease, backend.get_alarm(self.ref),
+                      backend.scan(self.ref, None, None, limit=self.load))
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseOp:
+    """:meth:`Backend.release`, as one item of :meth:`Backend.commit_many`."""
+
+    ref: ObjectRef
+    epoch: int
+
+    def apply(self, backend: Backend) -> None:
+        """Run it alone."""
+        backend.release(self.ref, self.epoch)
+
+
+WriteOp = CommitOp | AcquireOp | ReleaseOp
+"""One object's write that may share a durable transaction with other objects' writes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,8 +293,15 @@ class Backend(ABC):
     """Several OS processes on one host may share it."""
     multi_host: ClassVar[bool] = False
     """Several hosts may share it."""
+    group_commit: ClassVar[bool] = False
+    """:meth:`commit_many` runs many objects' writes in one durable transaction (one sync), so
+    the runtime gathers the writes queued by many objects and hands them over together.
+    Without it the runtime commits each object's batch on its own, in parallel (S3)."""
 
     url: BackendURL
+    _mutant_group_skip_fence: bool = False
+    """Test-only mutation (consistency mutant ``group-skip-fence``): :meth:`commit_many`
+    lands a fenced :class:`CommitOp`'s writes in the shared transaction. Never set it."""
 
     @classmethod
     @abstractmethod
@@ -253,6 +332,21 @@ class Backend(ABC):
     @abstractmethod
     def renew(self, ref: ObjectRef, epoch: int, until: float) -> None:
         """Extend the lease to *until*; raise :class:`~duro.errors.Fenced` if *epoch* is stale."""
+
+    def renew_many(self, leases: Sequence[tuple[ObjectRef, int]],
+                   until: float) -> dict[ObjectRef, Fenced]:
+        """Extend many leases to *until* at once (the lease keeper's call).
+
+        Returns the leases that are stale (:class:`~duro.errors.Fenced`), by ref; any other
+        error fails the whole call. Backends that can should do it in one transaction.
+        """
+        stale: dict[ObjectRef, Fenced] = {}
+        for ref, epoch in leases:
+            try:
+                self.renew(ref, epoch, until)
+            except Fenced as exc:
+                stale[ref] = exc
+        return stale
 
     @abstractmethod
     def release(self, ref: ObjectRef, epoch: int) -> None:
@@ -295,6 +389,28 @@ class Backend(ABC):
         :class:`~duro.errors.BackendUnavailable`.
         """
 
+    def commit_many(self, ops: Sequence[WriteOp]) -> list[object]:
+        """Run several objects' writes; one result per op, in order, or the exception it raised.
+
+        Every op keeps its own guarantees: a :class:`CommitOp` is atomic and checked against
+        its own epoch, an :class:`AcquireOp` bumps its own epoch. A fenced op (or a held
+        lease) fails **alone**: its result is the :class:`~duro.errors.Fenced` (or
+        :class:`LeaseHeld`) instance, nothing of it is applied, and the other ops still land.
+        Nothing is durable before this method returns. If the shared transaction itself fails,
+        the method raises (no op is applied, or, for
+        :class:`~duro.errors.BackendUnavailable`, the outcome is unknown for all of them).
+
+        A backend with :attr:`group_commit` applies all ops in one transaction, one sync. This
+        default runs them one after the other.
+        """
+        out: list[object] = []
+        for op in ops:
+            try:
+                out.append(op.apply(self))
+            except (DuroError, LeaseHeld) as exc:
+                out.append(exc)
+        return out
+
     @abstractmethod
     def delete_object(self, ref: ObjectRef, epoch: int) -> None:
         """Remove state, alarm and registry metadata atomically (epoch-checked like commit).
@@ -320,6 +436,17 @@ class Backend(ABC):
     @abstractmethod
     def namespaces(self) -> list[str]:
         """Names of the namespaces that hold objects, sorted."""
+
+    def cluster_key(self, proposed: bytes) -> bytes:
+        """The key with which processes sharing this storage sign the calls they forward.
+
+        Stores *proposed* if no key is stored yet and returns the stored key, atomically: of
+        processes racing to create it, all get the one that landed first. Whoever can open the
+        storage can read it (that is who belongs to the cluster). A backend that cannot keep
+        one raises :class:`~duro.errors.ConfigError`.
+        """
+        raise ConfigError(f"the {self.scheme}:// backend keeps no cluster key: set "
+                          "DURO_CLUSTER_SECRET (or cluster_secret=) in every process")
 
     @abstractmethod
     def close(self) -> None:

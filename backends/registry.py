@@ -8,6 +8,7 @@ point group. A missing driver raises :class:`~duro.errors.BackendNotInstalled` w
 from __future__ import annotations
 
 import importlib
+import inspect
 from importlib.metadata import entry_points
 from types import MappingProxyType
 from typing import Final
@@ -57,6 +58,7 @@ def backend_class(scheme: str) -> type[Backend]:
     if isinstance(target, type):
         return target
     module_name, _, attr = target.partition(":")
+    plugin = f"backend plugin {base!r} ({target})"
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -66,9 +68,18 @@ def backend_class(scheme: str) -> type[Backend]:
             f"the {base}:// backend needs a driver that is not installed ({exc.name}): {hint}",
             orig=exc,
         ) from exc
-    cls = getattr(module, attr)
+    except Exception as exc:  # a plugin's own bug: name the plugin, keep the cause
+        raise ConfigError(f"{plugin} failed to import: {type(exc).__name__}: {exc}",
+                          orig=exc) from exc
+    cls = getattr(module, attr, None) if attr else None
+    if cls is None:
+        raise ConfigError(f"{plugin}: module {module_name} has no class {attr or '(none named)'}")
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
-        raise ConfigError(f"{target} is not a duro Backend subclass")
+        raise ConfigError(f"{plugin}: {target} is not a duro Backend subclass")
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
+        raise ConfigError(f"{plugin}: {cls.__name__} does not implement the abstract "
+                          f"method(s) {missing} of duro.backends.Backend")
     return cls
 
 

@@ -35,6 +35,7 @@ from duro.bench.baselines import (
     time_sync_loop,
 )
 from duro.bench.hdr import Histogram
+from duro.bench.many import FloorStub, ThreadHandoff, many_objects, resident_memory
 from duro.bench.report import (
     Measurement,
     Report,
@@ -75,6 +76,11 @@ PAD_SIZE: Final = 4000
 """Before timing, every file store writes and deletes ~6 MB (more than SQLite's 4 MB WAL
 autocheckpoint): fsync costs far more while a file still grows than once it is reused in place."""
 TARGET_VALUE: Final = 100
+MANY_OBJECTS: Final = (1000, 10_000)
+"""Object counts of the many-objects runs (64 callers, cold then warm)."""
+TOUCHED_FULL: Final = 100_000
+TOUCHED_QUICK: Final = 10_000
+"""Objects touched by the resident-memory / idle-eviction run (full / quick)."""
 S3_MIN_DURATION: Final = 2.0
 
 GROUP_COMMIT: Final = Workload("group-commit", "64 callers, read-modify-write, one object",
@@ -284,6 +290,7 @@ class Runner:
         self._pending: list[tuple[Result, tuple[Any, ...]]] = []
         self._case = 0
         self._moto: Any = None
+        self._resident: dict[str, float] | None = None
         self._env_set: list[str] = []
         self._made: list[str] = []  # namespaces this run wrote (removed from given backends)
         unknown = [w for w in config.workloads if w not in WORKLOADS]
@@ -548,10 +555,17 @@ class Runner:
         lmdb = BackendSpec.embedded("lmdb")
         yield self._cached_get(sqlite)
         yield self._stub_call()
+        for clients in (1, 64):
+            yield self._stub_floor(clients)
         for spec in (sqlite, lmdb):
             yield self._group_commit(spec, 64)
         for spec in (sqlite, lmdb):
             yield self._lone_put(spec)
+        many = [sqlite, lmdb, *(s for s in self.specs if s.kind == "postgresql")]
+        for spec in many:
+            for n in MANY_OBJECTS:
+                yield self._many_objects(spec, n)
+        yield self._resident_memory(sqlite)
         for clients in (1, 64):
             yield self._diskcache(BackendSpec.embedded("sqlite", "normal"), clients)
         s3 = next((s for s in self.specs if s.kind == "s3"), None)
@@ -709,11 +723,13 @@ class Runner:
         values = payload_ring(TARGET_VALUE)
         per_call = 20
         result = Result("lone-put", spec.label, 1, 1, TARGET_VALUE, mode="in-object",
-                        note=f"await storage.put() one at a time, {per_call} per stub call")
+                        note=f"await storage.put() one at a time, {per_call} per stub call; "
+                        "baseline: the raw commit awaited through a loop-to-thread handoff")
 
         async def body(stubs: list[Any], key: tuple[Any, ...]) -> Measurement:
             stub = stubs[0]
             store = self._raw_store(spec, "lone-put")
+            handoff = ThreadHandoff()
             try:
                 raw_i = [0]
 
@@ -722,9 +738,8 @@ class Runner:
                     raw_i[0] += 1
                     store.put("o0", key_name(i % 1000), values[i % len(values)])
 
-                async def base(seconds: float) -> Measurement:
-                    return time_sync_loop(one_put, duration=seconds, max_ops=cfg.max_ops)
-
+                base = self._async_slices([[("put", 0, "")]],
+                                          lambda _c, _op: handoff.run(one_put))
                 duro_i = [0]
 
                 def call(_c: int, _op: Op) -> Awaitable[object]:
@@ -739,10 +754,128 @@ class Runner:
                                                              duro_side)
                 return m
             finally:
+                handoff.close()
                 self._discard(store)
 
         return self._target(f"lone-put {spec.label}", spec, result,
-                            f"{_raw_name(spec)} txn/write", ["o0"], 0, b"", body)
+                            f"{_raw_name(spec)} txn/write via thread", ["o0"], 0, b"", body)
+
+    def _stub_floor(self, clients: int) -> Step:
+        """Stub calls against the floor design (:class:`~duro.bench.many.FloorStub`)."""
+        cfg = self.config
+        spec = BackendSpec.embedded("memory")
+        result = Result("stub-floor", spec.label, clients, 1, 0,
+                        note="noop() by value; baseline: one worker per object, one Future, "
+                        "msgpack copy of arguments and result")
+
+        async def body(stubs: list[Any], key: tuple[Any, ...]) -> Measurement:
+            from duro.bench.objects import PlainObject
+
+            stub, floor = stubs[0], FloorStub(PlainObject())
+            try:
+                pools: list[list[Op]] = [[("get", 0, "")]] * clients
+                base = self._async_slices(pools, lambda _c, _op: floor.call("noop"))
+                duro_side = self._async_slices(pools, lambda _c, _op: stub.noop())
+                self._baselines[key], m = await self._paired(cfg.target_duration, base,
+                                                             duro_side)
+                return m
+            finally:
+                floor.close()
+
+        return self._target(f"stub-floor memory clients={clients}", spec, result,
+                            "floor design", ["o0"], 0, b"", body)
+
+    def _many_objects(self, spec: BackendSpec, n: int) -> Step:
+        """64 callers over *n* objects: cold (first write to each) and warm durable puts."""
+        cfg = self.config
+        clients = 64
+        values = payload_ring(TARGET_VALUE)
+        cold = Result("many-objects-cold", spec.label, clients, n, TARGET_VALUE,
+                      note="first durable put to each object (activation + lease + batch)")
+        warm = Result("many-objects-warm", spec.label, clients, n, TARGET_VALUE,
+                      note="durable puts to random resident objects")
+        key: tuple[Any, ...] = ("many", spec.label, n)
+
+        async def run() -> None:
+            import duro
+            from duro.bench.objects import BenchObject
+
+            names = [f"o{i}" for i in range(n)]
+            store = self._raw_store(spec, "many") if spec.has_baseline else None
+            if store is not None:
+                self._baseline_names[key] = f"{_raw_name(spec)} txn/write"
+                self._expect_baseline(cold, key)
+                self._expect_baseline(warm, key)
+                stream = OpStream(WRITES, objects=n, records=1, seed=cfg.seed)
+
+                def base() -> Measurement:
+                    assert store is not None
+                    return run_sync_ops(store, stream, values=values, scan_length=0,
+                                        obj_names=names, duration=cfg.target_duration / 2,
+                                        max_ops=cfg.max_ops)
+
+            case_dir = self._case_dir("many")
+            try:
+                parts = [base()] if store is not None else []
+                async with duro.App(backend=spec.case_url(case_dir)) as app:
+                    ns = app.namespace(BenchObject, name=self._namespace())
+                    stubs = [ns.get_by_name(f"m{i}") for i in range(n)]
+                    got = await asyncio.wait_for(
+                        many_objects(stubs, clients, values, cfg.target_duration,
+                                     cfg.max_ops, cfg.seed), cfg.step_timeout)
+                if store is not None:
+                    parts.append(base())
+                    self._baselines[key] = Measurement.combine(parts)
+            except Exception as exc:  # one failed run must not stop the report
+                cold.error = warm.error = f"{type(exc).__name__}: {exc}"[:500]
+            else:
+                cold.set_measurement(got[0])
+                warm.set_measurement(got[1])
+            finally:
+                if store is not None:
+                    self._discard(store)
+                if spec.fresh and not cfg.keep_data:
+                    shutil.rmtree(case_dir, ignore_errors=True)
+            self.results.extend([cold, warm])
+
+        return Step(f"many-objects {spec.label} objects={n}", run)
+
+    def _resident_memory(self, spec: BackendSpec) -> Step:
+        """RSS per resident object, and idle eviction while many new objects are touched."""
+        cfg = self.config
+        touched = TOUCHED_QUICK if cfg.quick else TOUCHED_FULL
+        result = Result("idle-eviction", spec.label, 1, touched, 0, mode="objects/s")
+
+        async def run() -> None:
+            import duro
+            from duro.bench.objects import BenchObject
+
+            case_dir = self._case_dir("resident")
+            try:
+                async with duro.App(backend=spec.case_url(case_dir), idle_timeout=0.5,
+                                    lease_ttl=10.0) as app:
+                    ns = app.namespace(BenchObject, name=self._namespace())
+                    got = await asyncio.wait_for(resident_memory(app, ns, touched),
+                                                 cfg.step_timeout * 4)
+                    bound = app.config.storage_limits.cache_bytes
+            except Exception as exc:
+                result.error = f"{type(exc).__name__}: {exc}"[:500]
+            else:
+                result.set_measurement(Measurement(int(got["touched"]),
+                                                   got["touched"] / got["evictions_per_s"],
+                                                   Histogram()))
+                self._resident = dict(got, cache_bytes=float(bound))
+                result.note = (
+                    f"{got['kb_per_object']:.1f} KB heap per resident object; peak "
+                    f"{got['peak_resident']:,.0f} resident, peak RSS {got['peak_rss_mb']:.0f} MB "
+                    f"(base {got['base_rss_mb']:.0f} MB); ops/s = objects touched and evicted "
+                    "per second (idle_timeout 0.5 s)")
+            finally:
+                if spec.fresh and not cfg.keep_data:
+                    shutil.rmtree(case_dir, ignore_errors=True)
+            self.results.append(result)
+
+        return Step(f"idle-eviction {spec.label} objects={touched}", run)
 
     def _diskcache(self, spec: BackendSpec, clients: int) -> Step:
         cfg = self.config
@@ -856,8 +989,35 @@ class Runner:
             r = row("lone-put", backend)
             time_ratio = None if r is None or not r.ratio else round(1.0 / r.ratio, 4)
             out.append(Target(f"lone-put-{backend}",
-                              f"{backend} sync=full: lone awaited put vs raw commit",
-                              "time ratio (duro/raw)", time_ratio, "<=", 1.3))
+                              f"{backend} sync=full: lone awaited put vs raw commit through "
+                              "the same thread handoff", "time ratio (duro/raw)", time_ratio,
+                              "<=", 1.2))
+        for clients in (1, 64):
+            r = row("stub-floor", "memory", clients)
+            time_ratio = None if r is None or not r.ratio else round(1.0 / r.ratio, 4)
+            out.append(Target(f"stub-floor-{clients}",
+                              f"stub call, {clients} caller(s), vs the floor design",
+                              "time ratio (duro/floor)", time_ratio, "<=", 1.5))
+        for phase, needed in (("warm", 8.0), ("cold", 5.0)):
+            for backend in ("sqlite", "lmdb"):
+                r = next((x for x in self.results if x.workload == f"many-objects-{phase}"
+                          and x.backend == backend and x.objects == 1000
+                          and x.error is None), None)
+                out.append(Target(f"many-objects-{phase}-{backend}",
+                                  f"{backend} sync=full: 64 callers over 1,000 objects, "
+                                  f"{phase}, vs raw commit per write", "ratio", ratio(r), ">=",
+                                  needed))
+        res = self._resident
+        if res is not None:
+            growth = res["peak_rss_mb"] * 2**20 - res["base_rss_mb"] * 2**20
+            bound = res["peak_resident"] * res["cache_bytes"]
+            out.append(Target(
+                "resident-memory",
+                f"{res['touched']:,.0f} objects touched: RSS growth vs the configured cache "
+                "bounds (peak resident x cache_bytes)", "RSS growth / bound",
+                round(growth / bound, 6) if bound else None, "<=", 1.0,
+                note=f"{res['kb_per_object']:.1f} KB per resident object; "
+                     f"peak {res['peak_resident']:,.0f} resident"))
         r = row("diskcache-set", "sqlite sync=normal", 64)
         out.append(Target("diskcache", "sqlite sync=normal, 64 callers vs diskcache set",
                           "ratio", ratio(r), ">=", 3.0))

@@ -3,13 +3,18 @@
 - ``duro check --history FILE [--report FILE] [--budget N] [--timeout S]`` checks a JSONL
   history (DESIGN §5). ``--report`` writes an HTML page (``.html``/``.htm``), a JSON summary
   (``.json``) or the text explanation (any other name).
-- ``duro check [--backend URL] [--seed N] [--ops N] [--objects N] [--clients N] [--processes N]
+- ``duro check [--backend URL] [--quick | --thorough] [--stage all|contract|linearizability]
+  [--keep-going] [--json] [--seed N] [--ops N] [--objects N] [--clients N] [--processes N]
   [--faults kill,pause,errors] [--history-out FILE] [--report FILE] [--histories N]
-  [--mode M] [--mutant NAME]`` runs the workloads against a backend (the configured one by
-  default) and checks every history (:mod:`duro.consistency.runner`).
+  [--mode M] [--mutant NAME]`` checks a backend in two stages (:mod:`duro.consistency.stages`):
+  stage 1 drives the storage contract check by check (:mod:`duro.consistency.contract`);
+  stage 2 runs the workloads under faults and checks every history
+  (:mod:`duro.consistency.runner`). Without ``--backend`` it checks a scratch store, never
+  the application's own.
 
-Exit codes: 0 linearizable, 1 anomaly found (printed with its witness), 2 usage or setup error
-(e.g. a malformed history: the message names the line), 3 unknown (search budget exhausted).
+Exit codes: 0 ok, 1 contract violation or anomaly found (printed with its witness), 2 usage or
+setup error (e.g. a malformed history: the message names the line), 3 unknown (search budget
+exhausted).
 """
 
 from __future__ import annotations
@@ -95,7 +100,8 @@ def check(
         "--history", help="Check this recorded JSONL history instead of running workloads.",
         dir_okay=False)] = None,
     backend: Annotated[str | None, typer.Option(
-        "--backend", "-b", help="Backend URL to run the suite against.")] = None,
+        "--backend", "-b", help="Backend URL to check (default: a scratch store of the "
+        "configured kind, never the application's own).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed (replay).")] = None,
     ops: Annotated[int | None, typer.Option("--ops", help="Ops per history.", min=1)] = None,
     objects: Annotated[int | None, typer.Option("--objects", help="Objects per history.",
@@ -117,38 +123,72 @@ def check(
     timeout: Annotated[float | None, typer.Option(
         "--timeout", help="Wall-clock limit in seconds for checking (then 'unknown').",
         min=0.0)] = None,
-    histories: Annotated[int, typer.Option(
-        "--histories", help="How many histories to run and check.", min=1)] = 20,
+    histories: Annotated[int | None, typer.Option(
+        "--histories", help="How many histories stage 2 runs and checks (default: by depth: "
+        "8 with --quick, 16 by default, 60 with --thorough).", min=1)] = None,
     mode: Annotated[str, typer.Option(
         "--mode", help="mixed, deterministic, tasks, threads, processes or http.")] = "mixed",
     mutant: Annotated[str | None, typer.Option(
         "--mutant", help="Test-only broken duro the suite must catch: skip-epoch-check, "
         "stale-read, steal-lease, drop-write, ack-early, half-batch.")] = None,
+    quick: Annotated[bool, typer.Option(
+        "--quick", help="Shallower and faster: fewer rounds in stage 1, fewer histories.")
+    ] = False,
+    thorough: Annotated[bool, typer.Option(
+        "--thorough", help="Deeper and slower: more rounds in stage 1, more histories.")
+    ] = False,
+    stage: Annotated[str, typer.Option(
+        "--stage", help="all (default), contract (stage 1 only) or linearizability "
+        "(stage 2 only).")] = "all",
+    keep_going: Annotated[bool, typer.Option(
+        "--keep-going", help="Run stage 2 even when stage 1 found a contract violation.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the result as JSON on stdout (the human output goes to stderr).")
+    ] = False,
 ) -> None:
-    """Check linearizability per object: of a recorded history, or of a backend under load."""
+    """Check a backend: its storage contract (stage 1), then per-object linearizability
+    under load and faults (stage 2); or check a recorded history (--history)."""
     run_opts = {"--backend": backend, "--seed": seed, "--ops": ops, "--objects": objects,
                 "--clients": clients, "--processes": processes, "--faults": faults,
                 "--history-out": history_out}
+    if quick and thorough:
+        err.print("[red]error:[/red] --quick and --thorough exclude each other")
+        raise typer.Exit(EXIT_USAGE)
     if history is None:
-        from duro.consistency.run_cli import check_command
+        from duro.consistency.stages import check_backend
 
-        raise typer.Exit(check_command(
-            backend, seed=seed or 0, ops=ops or 200, objects=objects or 2,
-            clients=clients or 4, processes=processes or 2, faults=faults or "errors",
-            history_out=None if history_out is None else str(history_out),
-            report=None if report is None else str(report), mutant=mutant,
-            histories=histories, mode=mode))
+        raise typer.Exit(check_backend(
+            backend, depth="quick" if quick else "thorough" if thorough else "default",
+            stage=stage, keep_going=keep_going, as_json=as_json, report=report,
+            history_out=history_out, histories=histories, mutant=mutant,
+            stage2={"seed": seed or 0, "ops": ops or 200, "objects": objects or 2,
+                    "clients": clients or 4, "processes": processes or 2,
+                    "faults": faults, "mode": mode}))
     given = [name for name, v in run_opts.items() if v is not None]
+    given += [flag for flag, on in (("--quick", quick), ("--thorough", thorough),
+                                    ("--keep-going", keep_going), ("--json", as_json)) if on]
     if given:
         err.print(f"[red]error:[/red] --history checks a recorded history; it cannot be combined "
                   f"with {', '.join(given)}")
         raise typer.Exit(EXIT_USAGE)
     try:
+        if report is not None:
+            from duro.consistency.stages import UsageError, check_writable
+
+            try:
+                check_writable(report, "--report")
+            except UsageError as exc:
+                raise HistoryError(str(exc)) from exc
         hist = History.load(history)
+        result = check_history(hist, budget=budget, timeout=timeout)
     except HistoryError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
-    result = check_history(hist, budget=budget, timeout=timeout)
+    except RecursionError:
+        err.print(f"[red]error:[/red] {escape(str(history))}: values are nested too deeply to "
+                  "check", highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
     _print_result(result)
     if report is not None:
         try:
@@ -164,5 +204,6 @@ def check(
 
 def register(app: typer.Typer) -> None:
     """Add the ``check`` command to *app*."""
-    app.command("check", help="Check per-object linearizability: of a recorded history "
-                "(--history FILE), or of a backend under concurrent load and faults.")(check)
+    app.command("check", help="Check a backend: stage 1 drives its storage contract check by "
+                "check, stage 2 checks per-object linearizability under concurrent load and "
+                "faults. Or check a recorded history (--history FILE).")(check)

@@ -42,7 +42,16 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 from duro.backends._proxy import ProxyBackend
-from duro.backends.base import Backend, Batch, Lease, ObjectRef
+from duro.backends.base import (
+    AcquireOp,
+    Backend,
+    Batch,
+    CommitOp,
+    Lease,
+    Loaded,
+    ObjectRef,
+    WriteOp,
+)
 from duro.consistency.history import Event, History
 from duro.consistency.workloads import RESET_ERRORS
 from duro.errors import BackendUnavailable
@@ -90,12 +99,22 @@ class AcquireLog(ProxyBackend):
                 until: float, name: str | None = None) -> Lease:
         lease = super().acquire(ref, owner=owner, address=address, now=now, until=until,
                                 name=name)
+        self._granted(ref, lease)
+        return lease
+
+    def commit_many(self, ops: Sequence[WriteOp]) -> list[object]:
+        out = self.inner.commit_many(ops)
+        for op, res in zip(ops, out, strict=True):
+            if isinstance(op, AcquireOp) and isinstance(res, Lease | Loaded):
+                self._granted(op.ref, res if isinstance(res, Lease) else res.lease)
+        return out
+
+    def _granted(self, ref: ObjectRef, lease: Lease) -> None:
         with self._lock:
             t = self._clock()
             self.entries.append((t, ref.id, lease.epoch))
             if self._sink is not None:
                 self._sink(t, ref.id, lease.epoch)
-        return lease
 
 
 class FaultyBackend(ProxyBackend):
@@ -138,6 +157,28 @@ class FaultyBackend(ProxyBackend):
         super().commit(ref, epoch, batch)
         if kind == "commit-after":
             raise BackendUnavailable("injected fault: timeout after the commit landed")
+
+    def commit_many(self, ops: Sequence[WriteOp]) -> list[object]:
+        """The same faults per op as :meth:`commit` and :meth:`acquire`; the ops not refused
+        before sending still share the real backend's group transaction."""
+        kinds: list[str | None] = []
+        for op in ops:
+            if isinstance(op, CommitOp):
+                kinds.append(self._roll(("commit-before", "commit-after")))
+            elif isinstance(op, AcquireOp):
+                kinds.append(self._roll(("acquire-after",)))
+            else:
+                kinds.append(None)
+        out: list[object] = [
+            BackendUnavailable("injected fault: commit failed before it was sent")
+            if kind == "commit-before" else None for kind in kinds]
+        sent = [i for i, kind in enumerate(kinds) if kind != "commit-before"]
+        got = self.inner.commit_many([ops[i] for i in sent]) if sent else []
+        for i, res in zip(sent, got, strict=True):
+            if kinds[i] is not None and not isinstance(res, BaseException):
+                res = BackendUnavailable(f"injected fault: timeout after the {kinds[i]} landed")
+            out[i] = res
+        return out
 
     def get_many(self, ref: ObjectRef, keys: Sequence[bytes]) -> dict[bytes, bytes]:
         if self._roll(("read",)):

@@ -43,10 +43,10 @@ from duro.consistency.faults import AcquireLog, FaultyBackend, bound_infos
 from duro.consistency.history import Event, Recorder, merge_histories
 from duro.consistency.mutants import get_mutant
 from duro.consistency.scheduler import RunResult
-from duro.consistency.target import KV, NAMESPACE
-from duro.consistency.workloads import ClientPlan, Program, run_client
+from duro.consistency.target import KV, NAMESPACE, object_id
+from duro.consistency.workloads import ClientPlan, Program, read_back, run_client
 from duro.errors import ConfigError
-from duro.ids import id_from_name
+from duro.storage import StorageLimits
 
 __all__ = ["MODES", "final_reads", "run_free"]
 
@@ -57,27 +57,21 @@ FINAL_PROCESS: Final = 9_000_000
 
 async def final_reads(backend: Backend, program: Program, rec: Recorder,
                       log: Callable[[int, str, int], None]) -> None:
-    """A fresh App reads every key and lists every prefix of every object into *rec*."""
+    """A fresh App records the final reads of every object (:func:`read_back`) in *rec*."""
     app = App(AcquireLog(backend, time.monotonic_ns, log), listen=None, lease_ttl=LEASE_TTL,
               drift_margin=LEASE_TTL / 4, call_timeout=120.0)
     async with app:
         ns = app.namespace(KV)
-        keys = program.keys()
-        for obj in program.objects:
-            stub = ns.get_by_name(obj)
-            oid = str(stub.id)
-            for k in keys:
-                with rec.op(rec.new_process(), "get", oid, k) as h:
-                    h.ok(await stub.get(k))
-            for prefix in sorted({k.split("/")[0] + "/" for k in keys}):
-                bounds = {"prefix": prefix}
-                with rec.op(rec.new_process(), "list", oid, None, bounds) as h:
-                    h.ok(await stub.list(bounds))
+
+        async def call(obj: str, method: str, args: tuple[Any, ...]) -> Any:
+            return await getattr(ns.get(object_id(obj)), method)(*args)
+
+        await read_back(program, call, rec)
 
 
 def _in_process(program: Program, backend: Backend, *, threads: bool, processes: int,
                 faults: frozenset[str], error_rate: float, seed: int,
-                mutant: str | None) -> RunResult:
+                mutant: str | None, limits: StorageLimits) -> RunResult:
     m = get_mutant(mutant)
     rec = Recorder()
     acquires: list[tuple[int, str, int]] = []
@@ -100,7 +94,8 @@ def _in_process(program: Program, backend: Backend, *, threads: bool, processes:
                 inner = m.wrap(inner)
             app = App(AcquireLog(inner, time.monotonic_ns, log), listen="127.0.0.1:0",
                       lease_ttl=LEASE_TTL, drift_margin=LEASE_TTL / 4, idle_timeout=0.3,
-                      call_timeout=60.0, unsafe=m.unsafe if m is not None else frozenset())
+                      call_timeout=60.0, unsafe=m.unsafe if m is not None else frozenset(),
+                      storage_limits=limits)
             await app.start()
             apps.append(app)
         loop = asyncio.get_running_loop()
@@ -109,12 +104,12 @@ def _in_process(program: Program, backend: Backend, *, threads: bool, processes:
             ns = app.namespace(KV)
 
             async def call(obj: str, method: str, args: tuple[Any, ...]) -> Any:
-                return await getattr(ns.get_by_name(obj), method)(*args)
+                return await getattr(ns.get(object_id(obj)), method)(*args)
 
             return call
 
         def oid(obj: str) -> str:
-            return id_from_name(NAMESPACE, obj).hex
+            return object_id(obj).hex
 
         if not threads:
             await asyncio.gather(*(
@@ -209,7 +204,7 @@ def _read_events(path: Path) -> list[Event]:
 def _owner_of(backend: Backend, program: Program, workers: list[_Worker]) -> _Worker | None:
     owners = {w.owner: w for w in workers if w.proc.poll() is None}
     for obj in program.objects:
-        lease = backend.read_lease(ObjectRef(NAMESPACE, id_from_name(NAMESPACE, obj).hex))
+        lease = backend.read_lease(ObjectRef(NAMESPACE, object_id(obj).hex))
         if lease is not None and lease.owner in owners:
             return owners[lease.owner]
     return None
@@ -233,7 +228,7 @@ def _processes(program: Program, url: str, backend: Backend, *, faults: frozense
             "error_rate": error_rate if "errors" in faults else 0.0, "latency": 0.002,
             "mutant": mutant,
             "plans": [{"client": p.client + gen * 10_000, "object": p.object,
-                       "ops": [[o.f, o.key, o.arg] for o in p.ops]} for p in plans],
+                       "ops": [[o.f, o.key, o.arg, o.pad] for o in p.ops]} for p in plans],
         }
 
     workers = [_Worker(config(h, 0), workdir, f"w{h}-0") for h in range(homes)]
@@ -296,12 +291,14 @@ def _processes(program: Program, url: str, backend: Backend, *, faults: frozense
 
 def run_free(program: Program, url: str, *, mode: str = "tasks",
              faults: frozenset[str] = frozenset(), error_rate: float = 0.03, seed: int = 0,
-             mutant: str | None = None, backend: Backend | None = None) -> RunResult:
+             mutant: str | None = None, backend: Backend | None = None,
+             limits: StorageLimits | None = None) -> RunResult:
     """Run *program* free-running on *url* in *mode* (``tasks``, ``threads``, ``processes``).
 
     ``kill`` and ``pause`` need ``processes`` (and a backend shared between processes);
     ``errors`` works in every mode. *backend*: an already open backend on *url* to use in this
-    process (opened and closed here if None).
+    process (opened and closed here if None). *limits*: the Apps' storage limits (``tasks``
+    and ``threads``; a small cache makes reads reach the backend).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
@@ -313,7 +310,8 @@ def run_free(program: Program, url: str, *, mode: str = "tasks",
                 return _processes(program, url, b, faults=faults, error_rate=error_rate,
                                   seed=seed, mutant=mutant, workdir=Path(d))
         return _in_process(program, b, threads=mode == "threads", processes=program.processes,
-                           faults=faults, error_rate=error_rate, seed=seed, mutant=mutant)
+                           faults=faults, error_rate=error_rate, seed=seed, mutant=mutant,
+                           limits=limits or StorageLimits())
     finally:
         if own:
             b.close()

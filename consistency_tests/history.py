@@ -333,6 +333,10 @@ class History:
             except json.JSONDecodeError as exc:
                 raise HistoryError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})",
                                    orig=exc) from exc
+            except RecursionError as exc:
+                raise HistoryError(f"{where}: a value is nested too deeply to read "
+                                   "(more levels of lists/objects than Python's recursion "
+                                   "limit)", orig=exc) from exc
             events.append(Event.from_json(obj, where))
             lineno.append(n)
         h = cls.__new__(cls)
@@ -346,11 +350,15 @@ class History:
         p = Path(path)
         try:
             with p.open(encoding="utf-8") as fh:
-                return cls.parse(fh, source=str(p))
+                history = cls.parse(fh, source=str(p))
         except OSError as exc:
             raise HistoryError(f"cannot read history {p}: {exc.strerror or exc}", orig=exc) from exc
         except UnicodeDecodeError as exc:
             raise HistoryError(f"{p}: not UTF-8 text: {exc}", orig=exc) from exc
+        if not history.events:
+            raise HistoryError(f"{p} holds no events (the file is empty or has blank lines "
+                               "only): nothing to check")
+        return history
 
     @classmethod
     def from_dicts(cls, objs: Iterable[Mapping[str, Any]], *, source: str = "history") -> History:

@@ -53,13 +53,12 @@ from duro.consistency.freerun import LEASE_TTL, final_reads
 from duro.consistency.history import Recorder
 from duro.consistency.mutants import get_mutant
 from duro.consistency.scheduler import RunResult
-from duro.consistency.target import HTTP_ARGS, NAMESPACE
+from duro.consistency.target import HTTP_ARGS, NAMESPACE, object_id, object_path
 from duro.consistency.workloads import ClientPlan, OpSpec, Program, run_client
 from duro.errors import ConfigError
-from duro.ids import id_from_name
 
 __all__ = ["APP_TARGET", "SERVERS", "HTTPUnavailable", "HttpRunResult", "LostConnection",
-           "run_http"]
+           "absolute_url", "run_http"]
 
 APP_TARGET: Final = "duro.consistency.http_app:make_app"
 SERVERS: Final = 2
@@ -67,6 +66,21 @@ START_TIMEOUT: Final = 60.0
 CLIENT_TIMEOUT: Final = 60.0
 TAKEOVER_CLIENT: Final = 50_000
 """Client numbers of the extra clients a ``pause`` adds (unique values ``v<client>.<op>``)."""
+
+
+def absolute_url(url: str, cwd: Path | None = None) -> str:
+    """*url* with a relative file path (``sqlite:///rel.db``, ``lmdb:///rel``) made absolute.
+
+    The path is resolved against *cwd* (the caller's working directory by default), so a
+    process started elsewhere (the servers run in a temporary directory) opens the same file.
+    Other URLs are returned unchanged.
+    """
+    scheme, sep, rest = url.partition(":///")
+    base = scheme.lower().split("+")[0]
+    if not sep or base not in ("sqlite", "lmdb") or rest.startswith("/"):
+        return url
+    path, q, query = rest.partition("?")
+    return f"{scheme}:///{(cwd or Path.cwd()) / path}{q}{query}"
 
 
 class LostConnection(ConnectionError):
@@ -105,6 +119,7 @@ class _Server:
                 stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True,
                 env=env, cwd=workdir)
         self.address = ""
+        self.cluster = ""  # the cluster listener: the address its leases record
         self.alive = False
         self.reaped_at: int | None = None
 
@@ -123,6 +138,7 @@ class _Server:
             tail = self.log.read_text(encoding="utf-8", errors="replace")[-2000:]
             raise ConfigError(f"duro serve did not start for the http mode:\n{tail}")
         self.address = line.split()[2].removeprefix("http://")
+        self.cluster = line.split("cluster=", 1)[1].split()[0]
         self.alive = True
 
     def kill(self) -> None:
@@ -173,6 +189,12 @@ class _Traffic:
         self.requests = 0
         self.forwarded = 0
 
+    def answered(self, sent_to: str, ran_on: str) -> None:
+        """A request sent to server *sent_to* was answered 200 after running on *ran_on*."""
+        self.requests += 1
+        if ran_on != sent_to:
+            self.forwarded += 1
+
 
 def _caller(plan: ClientPlan, servers: list[_Server], http: httpx.AsyncClient,
             traffic: _Traffic, *, stopped_too: bool = False) -> Any:
@@ -190,7 +212,7 @@ def _caller(plan: ClientPlan, servers: list[_Server], http: httpx.AsyncClient,
         traffic.sent[server.tag] += 1
         body = dict(zip(HTTP_ARGS[method], args, strict=True))
         try:
-            r = await http.post(f"{server.base}/{NAMESPACE}/name/{obj}/{method}", json=body)
+            r = await http.post(f"{server.base}/{NAMESPACE}/{object_path(obj)}/{method}", json=body)
         except httpx.TimeoutException as exc:
             traffic.statuses[type(exc).__name__] += 1
             raise TimeoutError(f"{method} to {server.tag}: {exc!r}") from exc
@@ -204,18 +226,16 @@ def _caller(plan: ClientPlan, servers: list[_Server], http: httpx.AsyncClient,
             traffic.statuses[str(r.status_code)] += 1
             raise RuntimeError(f"harness bug: {method} {body} answered {r.status_code} {r.text}")
         data = r.json()
-        traffic.requests += 1
-        if data["server"] != server.tag:
-            traffic.forwarded += 1
+        traffic.answered(server.tag, data["server"])
         return data["result"]
 
     return call
 
 
 def _owner(backend: Backend, program: Program, servers: list[_Server]) -> _Server | None:
-    by_address = {s.address: s for s in servers if s.alive}
+    by_address = {s.cluster: s for s in servers if s.alive}
     for obj in program.objects:
-        lease = backend.read_lease(ObjectRef(NAMESPACE, id_from_name(NAMESPACE, obj).hex))
+        lease = backend.read_lease(ObjectRef(NAMESPACE, object_id(obj).hex))
         if lease is not None and lease.address in by_address:
             return by_address[lease.address]
     return None
@@ -225,11 +245,15 @@ async def _faults(program: Program, url: str, backend: Backend, servers: list[_S
                   faults: frozenset[str], rng: random.Random, workdir: Path,
                   env: dict[str, str], injected: dict[str, int], done: asyncio.Event,
                   rec: Recorder, http: httpx.AsyncClient) -> None:
-    """Kill -9 or pause an owning server while the clients run."""
+    """Kill -9 or pause an owning server while the clients run.
+
+    A pause strikes even if the clients are done by then: it brings its own recorded clients
+    (:func:`_take_over`), so every history with ``pause`` has its zombie.
+    """
     for i, fault in enumerate(f for f in ("kill", "pause") if f in faults):
         await asyncio.sleep(rng.uniform(0.05, 0.2))
-        if done.is_set():
-            return
+        if done.is_set() and fault == "kill":
+            continue
         victim = None
         for _ in range(20):
             victim = await asyncio.to_thread(_owner, backend, program, servers)
@@ -278,20 +302,20 @@ async def _take_over(program: Program, backend: Backend, victim: _Server,
     others = [s for s in servers if s.alive and s is not victim]
     if not others:
         return []
-    keys = program.keys()
+    keys = program.hot_keys()
     picks = [keys[0], keys[-1]]
     clients = []
     owned: list[tuple[int, str]] = []
     for j, obj in enumerate(program.objects):
         lease = await asyncio.to_thread(
-            backend.read_lease, ObjectRef(NAMESPACE, id_from_name(NAMESPACE, obj).hex))
-        if lease is None or lease.address != victim.address:
+            backend.read_lease, ObjectRef(NAMESPACE, object_id(obj).hex))
+        if lease is None or lease.address != victim.cluster:
             continue
         ops = [OpSpec("put", k) for k in picks] + [OpSpec("get", k) for k in picks]
         plan = ClientPlan(TAKEOVER_CLIENT + index * 100 + j, obj, 0, ops)
         owned.append((j, obj))
         clients.append(run_client(plan, _caller(plan, others, http, _Traffic()), rec,
-                                  id_from_name(NAMESPACE, obj).hex,
+                                  object_id(obj).hex,
                                   new_process=rec.new_process))
     if not clients:
         return []
@@ -306,7 +330,7 @@ async def _take_over(program: Program, backend: Backend, victim: _Server,
             one = ClientPlan(plan.client + 10 * k, obj, 0, [plan.ops[k]])
             probes.append(asyncio.ensure_future(run_client(
                 one, _caller(one, [victim], http, _Traffic(), stopped_too=True), rec,
-                id_from_name(NAMESPACE, obj).hex, new_process=rec.new_process)))
+                object_id(obj).hex, new_process=rec.new_process)))
     await asyncio.sleep(0.05)  # the requests reach the stopped process's sockets
     return probes
 
@@ -320,6 +344,7 @@ def run_http(program: Program, url: str, *, faults: frozenset[str] = frozenset()
     *backend*: an already open backend on *url* for this process (opened here if None).
     """
     get_mutant(mutant)  # ValueError for an unknown name, before anything starts
+    url = absolute_url(url)  # the servers run in a temporary directory
     own = backend is None
     b = open_backend(url) if backend is None else backend
     try:
@@ -358,7 +383,7 @@ def _run(program: Program, url: str, backend: Backend, *, faults: frozenset[str]
             try:
                 await asyncio.gather(*(
                     run_client(p, _caller(p, servers, http, traffic), rec,
-                               id_from_name(NAMESPACE, p.object).hex,
+                               object_id(p.object).hex,
                                new_process=rec.new_process) for p in program.clients))
             finally:
                 done.set()

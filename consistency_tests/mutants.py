@@ -16,6 +16,8 @@ test-only :class:`~duro.app.AppConfig` ``unsafe`` flag of the runtime, or throug
 ``ack-early``          results leave before their writes are durable
                        (``unsafe={"ack_before_durable"}``), shown by a failed flush or a kill
 ``half-batch``         the backend commits the first half of a multi-write batch, then fails
+``group-skip-fence``   the backend's group transaction (``commit_many``) lands a fenced object's
+                       writes together with the others'
 =====================  =========================================================================
 
 ``duro check --mutant NAME`` runs the suite against one of them; it must report an anomaly
@@ -35,6 +37,7 @@ from duro.errors import BackendUnavailable, Fenced
 
 __all__ = [
     "MUTANTS",
+    "GroupSkipFenceBackend",
     "HalfBatchBackend",
     "Mutant",
     "SkipEpochCheckBackend",
@@ -81,6 +84,18 @@ class HalfBatchBackend(ProxyBackend):
         raise BackendUnavailable("mutant: half of the batch landed, then the commit failed")
 
 
+class GroupSkipFenceBackend(ProxyBackend):
+    """Switches on the real backend's test-only ``_mutant_group_skip_fence``: its shared
+    transaction applies a fenced object's batch instead of failing that object alone."""
+
+    def __init__(self, inner: Backend) -> None:
+        super().__init__(inner)
+        real = inner
+        while isinstance(real, ProxyBackend):
+            real = real.inner
+        real._mutant_group_skip_fence = True
+
+
 @dataclass(frozen=True)
 class Mutant:
     """A broken duro: runtime ``unsafe`` flags and/or a wrapper around the real backend.
@@ -109,6 +124,8 @@ MUTANTS: Final[dict[str, Mutant]] = {m.name: m for m in (
     Mutant("ack-early", "acknowledges writes before they are durable",
            unsafe=frozenset({"ack_before_durable"}), faults=frozenset({"errors", "kill"})),
     Mutant("half-batch", "commits half of a batch, then fails", wrap=HalfBatchBackend),
+    Mutant("group-skip-fence", "a group transaction lands a fenced object's writes",
+           wrap=GroupSkipFenceBackend, faults=frozenset({"pause"}), processes=2),
 )}
 
 

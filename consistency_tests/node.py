@@ -1,7 +1,7 @@
 """One OS process of a free-running consistency run: ``python -m duro.consistency.node CONFIG``.
 
 *CONFIG* is a JSON file: ``url``, ``plans`` (this process's clients: ``client``, ``object``,
-``ops`` as ``[f, key, arg]``), ``history`` (this process's history file), ``acquires`` (file
+``ops`` as ``[f, key, arg, pad]``), ``history`` (this process's history file), ``acquires`` (file
 of lease grants), ``first_process``, ``lease_ttl``, ``error_rate``, ``latency``, ``seed``,
 ``mutant``. The process starts a real :class:`duro.App` that listens on 127.0.0.1 (so calls
 for objects another process owns are forwarded there), prints one JSON line
@@ -26,14 +26,14 @@ from duro.backends import Backend, open_backend
 from duro.consistency.faults import AcquireLog, FaultyBackend
 from duro.consistency.history import Recorder
 from duro.consistency.mutants import get_mutant
-from duro.consistency.target import KV
+from duro.consistency.target import KV, object_id
 from duro.consistency.workloads import ClientPlan, OpSpec, run_client
 
 __all__ = ["main"]
 
 
 def _plans(raw: list[dict[str, Any]]) -> list[ClientPlan]:
-    return [ClientPlan(p["client"], p["object"], 0, [OpSpec(f, k, a) for f, k, a in p["ops"]])
+    return [ClientPlan(p["client"], p["object"], 0, [OpSpec(*o) for o in p["ops"]])
             for p in raw]
 
 
@@ -69,10 +69,10 @@ async def _run(cfg: dict[str, Any], out: TextIO) -> None:
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
 
     async def call(obj: str, method: str, args: tuple[Any, ...]) -> Any:
-        return await getattr(ns.get_by_name(obj), method)(*args)
+        return await getattr(ns.get(object_id(obj)), method)(*args)
 
     plans = _plans(cfg["plans"])
-    tasks = [run_client(p, call, rec, str(ns.id_from_name(p.object)),
+    tasks = [run_client(p, call, rec, str(object_id(p.object)),
                         new_process=rec.new_process) for p in plans]
     results = await asyncio.gather(*tasks, return_exceptions=True)
     errors = [repr(r) for r in results if isinstance(r, BaseException)]

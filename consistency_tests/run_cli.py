@@ -13,6 +13,7 @@ Exit codes: 0 linearizable, 1 anomaly found (printed), 2 usage or setup error, 3
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -22,7 +23,7 @@ from duro.config import resolve_backend_url
 from duro.consistency.runner import CheckSummary, run_check
 from duro.errors import DuroError
 
-__all__ = ["check_command", "check_history_file", "print_summary"]
+__all__ = ["check_command", "check_history_file", "print_summary", "validate_options"]
 
 
 def print_summary(summary: CheckSummary, console: Console) -> None:
@@ -65,28 +66,50 @@ def check_history_file(path: str | Path, console: Console, report: str | Path | 
 
 
 def check_command(backend: str | None = None, seed: int = 0, ops: int = 200, objects: int = 2,
-                  clients: int = 4, processes: int = 2, faults: str = "errors",
+                  clients: int = 4, processes: int = 2, faults: str | None = None,
                   history_out: str | None = None, report: str | None = None,
                   mutant: str | None = None, history: str | None = None,
-                  histories: int = 20, mode: str = "mixed",
-                  console: Console | None = None, progress: bool = True) -> int:
-    """Run ``duro check`` with these options; returns the exit code (0, 1, 2 or 3)."""
+                  histories: int | None = None, mode: str = "mixed", depth: str = "default",
+                  console: Console | None = None, progress: bool = True,
+                  on_summary: Callable[[CheckSummary], None] | None = None) -> int:
+    """Run ``duro check`` with these options; returns the exit code (0, 1, 2 or 3).
+
+    *on_summary*, if given, receives the run's summary after it is printed. ``faults=None``
+    injects the runner's default faults (kill, pause, errors); ``histories=None`` takes the
+    count from *depth* (``quick``, ``default`` or ``thorough``).
+    """
     console = console or Console()
     err = Console(stderr=True)
     if history is not None:
         return check_history_file(history, console, report)
     try:
         url = resolve_backend_url(backend)
-        if not 1 <= clients <= 8:
-            raise ValueError("--clients must be 1..8 (concurrent clients per object)")
-        if ops < 1 or objects < 1 or processes < 1:
-            raise ValueError("--ops, --objects and --processes must be positive")
+        validate_options(ops=ops, objects=objects, clients=clients, processes=processes,
+                         faults=faults, mode=mode)
         summary = run_check(url, seed=seed, ops=ops, objects=objects, clients=clients,
                             processes=processes, faults=faults, mutant=mutant,
                             history_out=history_out, report=report, histories=histories,
-                            mode=mode, console=err, progress=progress)
+                            mode=mode, console=err, progress=progress,
+                            depth=depth)  # type: ignore[arg-type]
     except (DuroError, ValueError, OSError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         return 2
     print_summary(summary, console)
+    if on_summary is not None:
+        on_summary(summary)
     return summary.exit_code
+
+
+def validate_options(ops: int = 200, objects: int = 2, clients: int = 4, processes: int = 2,
+                     faults: str | None = None, mode: str = "mixed") -> None:
+    """Raise ``ValueError`` for options ``run_check`` would refuse (checked before any run)."""
+    from duro.consistency.faults import parse_faults
+    from duro.consistency.runner import MODES
+
+    if not 1 <= clients <= 8:
+        raise ValueError("--clients must be 1..8 (concurrent clients per object)")
+    if ops < 1 or objects < 1 or processes < 1:
+        raise ValueError("--ops, --objects and --processes must be positive")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+    parse_faults(faults)

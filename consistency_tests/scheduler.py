@@ -18,6 +18,11 @@ Faults in this mode, all in-process:
   recorded ``info`` bounded by the kill step, and a fresh App restarts them.
 * ``errors``: :class:`~duro.consistency.faults.FaultyBackend` with a seeded random generator.
 
+Reaching the backend: *limits* gives every App a small cache and activation scan, *evict*
+evicts an idle object between ops now and then (the next op re-activates it from storage),
+and *reopen* closes the backend after the run and opens it again for the final reads, so
+what was acknowledged must be in storage, not in a backend object's memory.
+
 The Apps do not listen (``listen=None``): a client whose App does not own the object waits,
 on the manual clock, until the owner evicts the idle object or its lease ends, then takes over.
 """
@@ -39,10 +44,11 @@ from duro.backends.base import Backend
 from duro.clock import ManualClock
 from duro.consistency.faults import AcquireLog, FaultyBackend, bound_infos
 from duro.consistency.history import History, OpHandle, Recorder
-from duro.consistency.target import KV
-from duro.consistency.workloads import ClientPlan, Program, run_client
+from duro.consistency.target import KV, object_id
+from duro.consistency.workloads import ClientPlan, Program, read_back, run_client
 from duro.errors import DuroError
 from duro.namespace import Namespace
+from duro.storage import StorageLimits
 
 __all__ = [
     "Chooser",
@@ -54,6 +60,7 @@ __all__ = [
     "SimApp",
     "SimExecutor",
     "run_deterministic",
+    "settle",
 ]
 
 T = TypeVar("T")
@@ -65,6 +72,18 @@ TICK: Final = 0.25
 
 class SchedulerStuck(DuroError):
     """The run did not finish within its step budget (a liveness bug, or a too-small budget)."""
+
+
+async def settle() -> None:
+    """Run the loop until every task waits on something only the scheduler can give."""
+    loop = asyncio.get_running_loop()
+    ready = getattr(loop, "_ready", None)
+    for i in range(100_000):
+        await asyncio.sleep(0)
+        if ready is not None and not ready:
+            return
+        if ready is None and i > 64:
+            return
 
 
 class Chooser(Protocol):
@@ -143,6 +162,11 @@ class SimApp(App):
         """The simulated executor (backend calls are queued, not run in threads)."""
         return self.sim
 
+    @property
+    def lease_executor(self) -> Any:
+        """Lease renewals go through the simulated executor too."""
+        return self.sim
+
 
 @dataclass
 class _Client:
@@ -182,14 +206,16 @@ class Scheduler:
 
     *processes* Apps (clients go to App ``plan.home % processes``); *faults* ⊆ {kill, pause,
     errors}; *error_rate* for ``errors``; *unsafe* and *wrap* let a mutant break the runtime
-    or the backend (see :mod:`duro.consistency.mutants`).
+    or the backend (see :mod:`duro.consistency.mutants`); *limits*, *evict* and *reopen*
+    make reads reach the backend (module docstring).
     """
 
     def __init__(self, program: Program, backend: Backend, chooser: Chooser, *,
                  processes: int = 2, faults: frozenset[str] = frozenset(),
                  error_rate: float = 0.03, seed: int = 0, unsafe: frozenset[str] = frozenset(),
                  wrap: Callable[[Backend], Backend] | None = None,
-                 max_faults: int = 2) -> None:
+                 max_faults: int = 2, limits: StorageLimits | None = None,
+                 evict: bool = False, reopen: Callable[[], Backend] | None = None) -> None:
         self.program = program
         self.backend = backend
         self.chooser = chooser
@@ -200,12 +226,18 @@ class Scheduler:
         self.unsafe = unsafe
         self.wrap = wrap
         self.max_faults = max_faults
+        self.limits = limits or StorageLimits()
+        self.evict = evict
+        self.reopen = reopen
+        self._reopened: Backend | None = None
+        self._evicting: list[asyncio.Future[None]] = []
         self.step = 0
         self.clock = ManualClock()
         self.rec = Recorder(clock=lambda: self.step)
         self.acquires: list[tuple[int, str, int]] = []
         self.killed: dict[int, int] = {}
-        self.injected: dict[str, int] = {"kill": 0, "pause": 0, "errors": 0}
+        self.injected: dict[str, int] = {"kill": 0, "pause": 0, "errors": 0, "evict": 0,
+                                         "reopen": 0}
         self.nodes: list[_Node] = []
         self.clients: list[_Client] = []
         self._faulty: list[FaultyBackend] = []
@@ -231,9 +263,11 @@ class Scheduler:
         if mutant and self.wrap is not None:
             inner = self.wrap(inner)
         logged = AcquireLog(inner, lambda: self.step, self._log)
-        app = SimApp(logged, listen=None, clock=self.clock, lease_ttl=LEASE_TTL,
+        # The scheduler delays renewals at will: shedding would refuse calls it means to run.
+        app = SimApp(logged, listen=None, clock=self.clock, lease_ttl=LEASE_TTL, shed_load=False,
                      drift_margin=DRIFT, idle_timeout=IDLE, alarm_poll_interval=1.0,
-                     call_timeout=1e6, unsafe=self.unsafe if mutant else frozenset())
+                     call_timeout=1e6, unsafe=self.unsafe if mutant else frozenset(),
+                     storage_limits=self.limits)
         await app.start()
         node = _Node(app, app.namespace(KV), fb)
         return node
@@ -245,7 +279,7 @@ class Scheduler:
         ns = node.ns
 
         async def call(obj: str, method: str, args: tuple[Any, ...]) -> Any:
-            return await getattr(ns.get_by_name(obj), method)(*args)
+            return await getattr(ns.get(object_id(obj)), method)(*args)
 
         async def gate() -> None:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -255,7 +289,7 @@ class Scheduler:
         def on_open(i: int, h: OpHandle | None) -> None:
             c.next_op, c.handle = (i, h) if h is not None else (i, None)
 
-        oid = str(ns.id_from_name(c.plan.object))
+        oid = str(object_id(c.plan.object))
         c.task = asyncio.ensure_future(run_client(
             c.plan, call, self.rec, oid, new_process=self.rec.new_process, gate=gate,
             on_open=on_open, start=c.next_op))
@@ -263,15 +297,7 @@ class Scheduler:
     # -- the loop -------------------------------------------------------------------------------
 
     async def _settle(self) -> None:
-        """Run the loop until every task waits on something only the scheduler can give."""
-        loop = asyncio.get_running_loop()
-        ready = getattr(loop, "_ready", None)
-        for _ in range(100_000):
-            await asyncio.sleep(0)
-            if ready is not None and not ready:
-                return
-            if ready is None and _ > 64:
-                return
+        await settle()
 
     def _options(self, with_clients: bool) -> list[tuple[str, Any]]:
         opts: list[tuple[str, Any]] = []
@@ -310,6 +336,15 @@ class Scheduler:
             kind = faults[self.chooser.choose(len(faults))]
             await (self._pause() if kind == "pause" else self._kill())
             return
+        # About one eviction per 40 steps: the next op re-activates the object from storage.
+        if self.evict and with_clients and self.chooser.choose(40) == 39:
+            idle = [i for n in self.nodes if not n.dead and not self._paused(n)
+                    for i in n.ns._instances.values() if i.accepting and i.idle]
+            if idle:
+                inst = idle[self.chooser.choose(len(idle))]
+                self._evicting.append(asyncio.ensure_future(inst.evict()))
+                self.injected["evict"] += 1
+                return
         opts = self._options(with_clients)
         kind, what = opts[self.chooser.choose(len(opts))]
         if kind == "go":
@@ -390,26 +425,20 @@ class Scheduler:
             t.result()
 
     async def _final_reads(self) -> None:
-        """A fresh App reads every key and lists every prefix of every object."""
+        """A fresh App reads every key back, on a reopened backend if *reopen* was given."""
+        if self.reopen is not None:
+            fresh = self.reopen()
+            self.backend.close()
+            self.backend = fresh
+            self._reopened = fresh
+            self.injected["reopen"] += 1
         node = await self._new_node(faulty=False, mutant=False)
         self.nodes.append(node)
-        keys = self.program.keys()
 
-        async def read_all() -> None:
-            for obj in self.program.objects:
-                stub = node.ns.get_by_name(obj)
-                oid = str(stub.id)
-                for k in keys:
-                    p = self.rec.new_process()
-                    with self.rec.op(p, "get", oid, k) as h:
-                        h.ok(await stub.get(k))
-                for prefix in sorted({k.split("/")[0] + "/" for k in keys}):
-                    p = self.rec.new_process()
-                    bounds = {"prefix": prefix}
-                    with self.rec.op(p, "list", oid, None, bounds) as h:
-                        h.ok(await stub.list(bounds))
+        async def call(obj: str, method: str, args: tuple[Any, ...]) -> Any:
+            return await getattr(node.ns.get(object_id(obj)), method)(*args)
 
-        task = asyncio.ensure_future(read_all())
+        task = asyncio.ensure_future(read_back(self.program, call, self.rec))
         await self._drive_until(task.done, with_clients=False)
         task.result()
         closing = asyncio.ensure_future(node.app.close())
@@ -442,6 +471,8 @@ class Scheduler:
             for t in rest:
                 t.cancel()
             await asyncio.gather(*rest, return_exceptions=True)
+            if self._reopened is not None:
+                self._reopened.close()
         hist = bound_infos(self.rec.history(), self.acquires,
                            end=end, killed=self.killed)
         self.injected["errors"] = sum(f.total_injected for f in self._faulty)

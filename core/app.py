@@ -6,8 +6,9 @@ import asyncio
 import functools
 import logging
 import os
+import secrets
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -15,11 +16,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from duro.backends.base import Backend, LeaseHeld, ObjectRef
 from duro.backends.registry import open_backend
 from duro.clock import Clock, SystemClock
+from duro.cluster_auth import check_secret, derive_key
+from duro.committer import Committer
 from duro.config import anchor, resolve_backend
 from duro.deadlines import Deadlines
 from duro.errors import ConfigError, DuroError, ObjectReset
 from duro.instance import Chain
-from duro.namespace import Elsewhere, Namespace
+from duro.namespace import Elsewhere, Namespace, OwnerGone
 from duro.objects import DurableObject
 from duro.stats import ObjectStats
 from duro.storage import StorageLimits
@@ -35,7 +38,8 @@ T = TypeVar("T")
 D = TypeVar("D", bound=DurableObject)
 
 
-UNSAFE_FLAGS = frozenset({"skip_lease_check", "ack_before_durable", "drop_coalesced_write"})
+UNSAFE_FLAGS = frozenset({"skip_lease_check", "ack_before_durable", "drop_coalesced_write",
+                          "skip_cluster_auth"})
 
 
 class AppClosing(ObjectReset):
@@ -57,15 +61,32 @@ class AppConfig:
     alarm_retry_base: float = 2.0
     alarm_max_retries: int = 6
     io_threads: int = 32
+    forward_connections: int = 128
+    """Most calls in flight to one other process at a time (its pooled connections)."""
+    forward_queue: int = 2048
+    """Most calls waiting for one of those connections; beyond, a call is refused at once with
+    :class:`~duro.errors.Overloaded` (it was never sent)."""
+    forward_wait: float = 5.0
+    """Longest wait for a pooled connection before a call is refused with ``Overloaded``."""
+    shed_load: bool = True
+    """Refuse new calls with :class:`~duro.errors.Overloaded` while lease renewals run late."""
+    failover_wait: float = 0.0
+    """How long a call waits for an owner that refuses connections to lose its lease before it
+    fails with :class:`~duro.errors.BackendUnavailable` (``retry_after`` = the time the lease
+    has left). 0: fail at once."""
     storage_limits: StorageLimits = field(default_factory=StorageLimits)
     cluster_secret: str | None = field(
-        default_factory=lambda: os.environ.get("DURO_CLUSTER_SECRET") or None
+        default_factory=lambda: os.environ.get("DURO_CLUSTER_SECRET")
     )
-    """Shared secret that processes present when they forward calls to each other (env
-    ``DURO_CLUSTER_SECRET``); without it, anyone who reaches the listen address may call."""
+    """Overrides the cluster key that processes sharing the backend sign forwarded calls with
+    (env ``DURO_CLUSTER_SECRET``; at least 16 characters). Unset (the default), the key is a
+    random one the backend keeps, so every process that can open the backend is a peer."""
+    cluster_max_body_bytes: int = 16 * 1024 * 1024
+    """Largest request the cluster listener reads (at least the HTTP body limit plus 64 KiB)."""
     unsafe: frozenset[str] = frozenset()
     """Test-only mutations that break duro on purpose, so the consistency suite can prove it
-    catches them: ``skip_lease_check``, ``ack_before_durable``, ``drop_coalesced_write``."""
+    catches them: ``skip_lease_check``, ``ack_before_durable``, ``drop_coalesced_write``;
+    ``skip_cluster_auth`` (the benchmark's baseline for the cost of authentication)."""
 
     def __post_init__(self) -> None:
         bad = set(self.unsafe) - UNSAFE_FLAGS
@@ -73,8 +94,14 @@ class AppConfig:
             raise ConfigError(
                 f"unknown unsafe flag(s) {sorted(bad)}; known: {sorted(UNSAFE_FLAGS)}"
             )
+        if min(self.forward_connections, self.forward_queue + 1) < 1 or min(
+            self.forward_wait, self.failover_wait
+        ) < 0:
+            raise ConfigError("forward_connections must be >= 1; forward_queue, forward_wait "
+                              "and failover_wait must be >= 0")
         if self.lease_ttl <= self.drift_margin:
             raise ConfigError("lease_ttl must be greater than drift_margin")
+        check_secret(self.cluster_secret)
 
 
 class App:
@@ -86,8 +113,11 @@ class App:
     (see :mod:`duro.config`); ``app.url_source`` says which. The tunables of :class:`AppConfig`
     (``lease_ttl``, ``call_timeout``, ``unsafe``…) are keyword arguments (unset ones keep their
     defaults), or pass a whole ``config=``. *listen* (``"127.0.0.1:0"`` by default; ``None``
-    to disable) is where other processes forward calls for objects this process owns;
-    *advertise* is the address they should use, if different. Leaving the ``async with`` stops
+    to disable) is the cluster listener, where other processes sharing the backend forward
+    calls for objects this process owns (authenticated; not the public HTTP surface, and not
+    opened for a backend no other process can share, such as ``memory://``); *advertise*
+    (``host`` or ``host:port``) is the address they should use, if different. An unspecified
+    address (``0.0.0.0``, ``::``) is never advertised. Leaving the ``async with`` stops
     taking calls, drains in-flight turns and flushes, and releases leases.
     """
 
@@ -110,8 +140,14 @@ class App:
         alarm_retry_base: float | None = None,
         alarm_max_retries: int | None = None,
         io_threads: int | None = None,
+        forward_connections: int | None = None,
+        forward_queue: int | None = None,
+        forward_wait: float | None = None,
+        shed_load: bool | None = None,
+        failover_wait: float | None = None,
         storage_limits: StorageLimits | None = None,
         cluster_secret: str | None = None,
+        cluster_max_body_bytes: int | None = None,
         unsafe: frozenset[str] | None = None,
     ) -> None:
         given = locals()
@@ -136,12 +172,17 @@ class App:
         self._namespaces: dict[str, Namespace[Any]] = {}
         self._state = "new"
         self._executor: ThreadPoolExecutor | None = None
+        self._lease_executor: ThreadPoolExecutor | None = None
+        self._keeper: asyncio.Task[None] | None = None
+        self.shedding = False
+        """Whether a lease renewal ran late: new calls are refused with ``Overloaded``."""
         self._backend: Backend | None = None
         self._transport: Transport | None = None
         self._background: asyncio.Task[None] | None = None
         self._websockets: Any = None
         self._tasks: set[asyncio.Future[None]] = set()
         self._deadlines = Deadlines()
+        self.committer = Committer(self)
         self._http: Any = None  # a duro.server.Server when serving HTTP (duro serve)
 
     @property
@@ -174,6 +215,8 @@ class App:
             raise DuroError(f"this App is {self._state}; make a new one")
         self._state = "starting"
         self._executor = ThreadPoolExecutor(self.config.io_threads, thread_name_prefix="duro-io")
+        # Lease renewals have their own thread: they never queue behind commits and reads.
+        self._lease_executor = ThreadPoolExecutor(1, thread_name_prefix="duro-lease")
         try:
             if self._backend_obj is not None:
                 self._backend = self._backend_obj
@@ -181,16 +224,19 @@ class App:
                 log.info("duro: backend %s", self.backend_description,
                          extra={"event": "backend", "url": self._url, "source": self.url_source})
                 self._backend = await self.io(open_backend, self.url)
-            if self.listen is not None:
+            if self.listen is not None and self._backend.multi_process:
                 from duro.transport import Transport
 
-                self._transport = Transport(self)
+                self._transport = Transport(self, await self._cluster_key(),
+                                            authenticate="skip_cluster_auth" not in
+                                            self.config.unsafe)
                 self.address = await self._transport.start(self.listen, self._advertise)
         except BaseException:
             await self._shutdown()
             raise
         self._state = "open"
         self._background = asyncio.ensure_future(self._maintain())
+        self._keeper = asyncio.ensure_future(self._keep_leases())
 
     async def close(self) -> None:
         """Stop taking calls, drain in-flight turns and flushes, release leases, close."""
@@ -198,9 +244,10 @@ class App:
             self._state = "closed"
             return
         self._state = "closing"
-        if self._background is not None:
-            self._background.cancel()
-            await asyncio.gather(self._background, return_exceptions=True)
+        for task in (self._background, self._keeper):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._http is not None:
             await self._http.closing()  # WebSockets close with 1012: clients reconnect elsewhere
         instances = [i for ns in self._namespaces.values() for i in ns._instances.values()]
@@ -220,8 +267,17 @@ class App:
             await self._transport.stop()
         if self._backend is not None and self._backend_obj is None:
             await self.io(self._backend.close)
+        self.committer.close()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
+        if self._lease_executor is not None:
+            self._lease_executor.shutdown(wait=False)
+
+    async def _cluster_key(self) -> bytes:
+        """The key peers sign cluster calls with: the configured secret, else the backend's."""
+        if self.config.cluster_secret is not None:
+            return derive_key(self.config.cluster_secret.encode())
+        return derive_key(await self.io(self.backend.cluster_key, secrets.token_bytes(32)))
 
     def _check_open(self) -> None:
         if self._state != "open":
@@ -245,6 +301,16 @@ class App:
         return await asyncio.get_running_loop().run_in_executor(
             self.executor, functools.partial(fn, *args, **kwargs)
         )
+
+    @property
+    def lease_executor(self) -> Executor:
+        """The thread that runs lease renewals (nothing else queues there)."""
+        assert self._lease_executor is not None
+        return self._lease_executor
+
+    async def lease_io(self, fn: Any, *args: Any) -> Any:
+        """Run a blocking lease call (renewal) in the lease thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.lease_executor, fn, *args)
 
     # -- namespaces -----------------------------------------------------------------------------
 
@@ -271,7 +337,10 @@ class App:
 
     async def _forward(self, where: Elsewhere, ns: Namespace[Any], oid: ObjectId, method: str,
                        payload: bytes, chain: Chain, hops: int) -> bytes | None:
-        """Send a call to the owning process; ``None`` if it is gone and its lease has ended."""
+        """Send a call to the owning process; ``None`` if it is handing the object over.
+
+        An owner that refuses connections raises :class:`OwnerGone` (the call was not sent).
+        """
         from duro.transport import OwnerUnreachable
 
         assert self._transport is not None
@@ -282,10 +351,7 @@ class App:
             if gone.moving:  # the owner is closing: it releases the lease in a moment
                 await self.clock.sleep(0.02)
                 return None
-            # A dead owner cannot be asked; its lease must run out before anyone takes over.
-            wait = where.until + self.config.drift_margin - self.clock.time()
-            await self.clock.sleep(min(max(wait, 0.01), 1.0))
-            return None
+            raise OwnerGone(where.address, where.until) from None
         ns._retired.forwarded += 1
         return reply
 
@@ -319,8 +385,6 @@ class App:
                             evicting = asyncio.ensure_future(inst.evict())
                             self._tasks.add(evicting)
                             evicting.add_done_callback(self._tasks.discard)
-                        elif inst.lease_expiring(cfg.lease_ttl / 2):
-                            inst._renew_soon()
                 since_alarm_poll += tick
                 if since_alarm_poll >= cfg.alarm_poll_interval:
                     since_alarm_poll = 0.0
@@ -329,6 +393,50 @@ class App:
                 raise
             except Exception:
                 log.exception("duro background maintenance failed; retrying")
+
+    async def _keep_leases(self) -> None:
+        """Renew leases on their own timer, apart from maintenance and alarm polls.
+
+        Leases half used are renewed together, in one backend call in the lease thread. If
+        one has used more than half its slack past that point, renewals run late: until they
+        catch up, new calls are refused with ``Overloaded`` rather than risk the lease.
+        """
+        cfg, clock = self.config, self.clock
+        tick = max(0.01, min(cfg.lease_ttl / 4, cfg.alarm_poll_interval, 1.0))
+        late_within = (cfg.lease_ttl / 2 - tick) / 2  # half the slack a renewal has
+        while True:
+            await clock.sleep(tick)
+            due = [inst for ns in list(self._namespaces.values())
+                   for inst in list(ns._instances.values())
+                   if inst.accepting and inst._renewing is None
+                   and inst.lease_expiring(cfg.lease_ttl / 2)]
+            # Late: still valid, but past half the slack. (An expired lease, after a pause,
+            # is no longer at risk: the next event renews it or finds it fenced.)
+            late = any(inst.lease_expiring(late_within) and not inst.lease_expiring(0)
+                       for inst in due)
+            late = late and cfg.shed_load
+            if late != self.shedding:
+                log.warning("duro: lease renewals %s", "run late; refusing new calls with "
+                            "Overloaded" if late else "caught up; taking calls again")
+                self.shedding = late
+            if not due:
+                continue
+            sent = clock.monotonic()
+            try:
+                stale = await self.lease_io(self.backend.renew_many,
+                                            [(inst.ref, inst.epoch) for inst in due],
+                                            clock.time() + cfg.lease_ttl)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # transient: the next tick tries again
+                log.warning("duro: renewing %d leases failed (%s); retrying", len(due), exc)
+                continue
+            for inst in due:
+                fenced = stale.get(inst.ref)
+                if fenced is not None:
+                    inst.reset(fenced)
+                else:
+                    inst.renewed(sent)
 
     async def _poll_alarms(self) -> None:
         """Activate objects with due alarms that nobody here owns (their timer fires them)."""

@@ -34,8 +34,13 @@ _BUILTIN_ERRORS: Final = {
 }
 
 
+_NO_ARGS: Final = encode([[], {}])
+
+
 def encode_args(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """Encode a call's arguments; unsupported values raise before anything is sent."""
+    if not args and not kwargs:
+        return _NO_ARGS
     try:
         return encode([list(args), kwargs])
     except UnsupportedValue as exc:
@@ -74,8 +79,13 @@ def decode_error(err: list[str]) -> BaseException:
     return ObjectError(name, message)
 
 
+_NONE: Final = encode(None)
+
+
 def encode_result(value: Any) -> bytes:
     """Encode a method's return value (``UnsupportedValue`` names the culprit)."""
+    if value is None:
+        return _NONE
     try:
         return encode(value)
     except UnsupportedValue as exc:
@@ -89,6 +99,8 @@ def pack_error(exc: BaseException) -> bytes:
 
 def unpack(data: bytes) -> Any:
     """Decode a reply: a codec value, or raise the packed error."""
+    if data == _NONE:
+        return None
     if data[:1] == b"\x00":
         raise decode_error(msgpack.unpackb(data[1:]))
     return decode(data)

@@ -48,6 +48,10 @@ class DuroError(Exception):
     ``orig`` holds the wrapped driver exception, if any.
     """
 
+    retry_after: float | None = None
+    """Seconds after which a retry may succeed, when the runtime knows (e.g. the time left on
+    an unreachable owner's lease); HTTP answers send it as ``Retry-After``."""
+
     def __init__(self, message: str = "", *, orig: BaseException | None = None) -> None:
         super().__init__(message)
         self.orig = orig

@@ -18,18 +18,31 @@ from typing import TYPE_CHECKING, Any, Final
 from starlette.datastructures import Headers
 
 from duro.codec import decode, encode
-from duro.errors import ObjectError
+from duro.errors import DuroError, ObjectError
 
 if TYPE_CHECKING:
     from duro.instance import Instance
     from duro.websockets import WebSocket
 
-__all__ = ["FETCH_METHOD", "Request", "Response", "decode_request", "encode_request"]
+__all__ = ["FETCH_METHOD", "BadRequest", "Request", "Response", "decode_request",
+           "encode_request"]
 
 log = logging.getLogger("duro.fetch")
 
 FETCH_METHOD: Final = "__fetch__"
 """The internal method name under which an HTTP request runs as a turn of its object."""
+
+
+class BadRequest(DuroError, ValueError):
+    """The client sent something the object cannot read; the client gets *status* (4xx).
+
+    Raised by :meth:`Request.json` (malformed JSON: 400; a non-JSON content type: 415), or by
+    a ``fetch`` method itself; unless ``fetch`` catches it, the server answers with *status*.
+    """
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _raw_headers(headers: Mapping[str, str] | Sequence[tuple[str, str]] | None) -> list[list[str]]:
@@ -85,9 +98,19 @@ class Request:
         """The body decoded as UTF-8."""
         return self.body.decode("utf-8", errors="replace")
 
-    def json(self) -> Any:
-        """The body parsed as JSON (``ValueError`` if it is not JSON)."""
-        return _json.loads(self.body)
+    async def json(self) -> Any:
+        """The body parsed as JSON (awaitable, as in Starlette).
+
+        Raises :class:`BadRequest` (a ``ValueError``): status 415 if the request declares a
+        content type that is not JSON, 400 if the body is not valid UTF-8 JSON.
+        """
+        ctype = self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if ctype and ctype != "application/json" and not ctype.endswith("+json"):
+            raise BadRequest(f"expected a JSON body, not {ctype}", 415)
+        try:
+            return _json.loads(self.body)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            raise BadRequest(f"malformed JSON: {exc}") from None
 
     def __repr__(self) -> str:
         return f"<duro.fetch.Request {self.method} {self.path}>"
@@ -192,6 +215,8 @@ async def _fetch_turn(inst: Instance, payload: bytes) -> Any:
         req._ws = None if hub is None else hub.pending(ws_id, inst)
     try:
         return response_value(await fetch(req))
+    except BadRequest as exc:
+        return response_value(Response.text(f"{exc.status} {exc.message}\n", exc.status))
     except Exception:
         log.exception("%s.fetch(%s %s) failed", inst.ns.name, req.method, req.path)
         raise

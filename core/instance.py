@@ -17,10 +17,10 @@ import logging
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from duro.backends.base import Batch, Lease, ObjectRef
+from duro.backends.base import Batch, CommitOp, Lease, ObjectRef, ReleaseOp
 from duro.calls import decode_args, encode_result, pack_error
 from duro.errors import DuroError, Fenced, ObjectReset, Overloaded
 from duro.objects import AlarmInfo, Context, DurableObject, _instantiate
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["Gone", "Instance", "current_call"]
 
 T = TypeVar("T")
+log = logging.getLogger("duro.alarms")
 
 Chain = tuple[tuple[str, str], ...]
 current_call: contextvars.ContextVar[tuple[Instance, Chain] | None] = contextvars.ContextVar(
@@ -65,15 +66,14 @@ class Gone(Exception):
     """The instance stopped taking events before this one started: dispatch it again."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Event:
-    kind: str  # "call" | "alarm"
+    kind: str  # "call" | "alarm" | "delete"
     method: str
     payload: bytes
     chain: Chain
     fut: asyncio.Future[bytes] | None
     retry: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Instance:
@@ -105,6 +105,8 @@ class Instance:
         self.obj: DurableObject | None = None
         self._queue: deque[_Event] = deque()
         self._worker: asyncio.Task[None] | None = None
+        self._wake: asyncio.Future[None] | None = None  # set while the worker waits for events
+        self._busy = False  # the worker is running events (not waiting for any)
         self._gate_holders = 0
         self._gate_free = asyncio.Event()
         self._gate_free.set()
@@ -147,13 +149,18 @@ class Instance:
 
     @property
     def idle(self) -> bool:
-        """No queued or running event, no flush, no background task."""
+        """No queued or running event, no flush, no background task, no alarm retry pending.
+
+        A failed alarm's retry count lives here: evicting before its retry would start the
+        count again from 0 on re-activation, and the retries would never end.
+        """
         return (
             not self._queue
-            and self._worker is None
+            and not self._busy
             and not self.storage.flushing
             and not self._tasks
             and self._gate_holders == 0
+            and not self._alarm_retry
         )
 
     def reset(self, exc: BaseException) -> None:
@@ -180,6 +187,7 @@ class Instance:
         for ev in queued:
             if ev.fut is not None and not ev.fut.done():
                 ev.fut.set_exception(Gone())
+        self._wake_worker()  # it sees the reset and ends
         self.closed.set()
 
     def cancel_worker(self) -> None:
@@ -194,7 +202,7 @@ class Instance:
             return
         self._closing = True
         try:
-            while self._worker is not None or self._queue:
+            while self._busy or self._queue:
                 await asyncio.sleep(0.001)
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -205,16 +213,24 @@ class Instance:
             self._cancel_alarm_timer()
             if self._broken is None:
                 with contextlib.suppress(DuroError):  # else the lease expires by itself
-                    await self.read(self.backend.release, self.ref, self.epoch)
+                    await self.app.committer.submit(ReleaseOp(self.ref, self.epoch))
         finally:
             self.ns._forget(self)
+            self._wake_worker()  # it sees the instance closing and ends
             self.closed.set()
 
     # -- events ---------------------------------------------------------------------------------
 
     async def call(self, method: str, payload: bytes, chain: Chain) -> bytes:
         """Queue a call and return its reply envelope once the output gate releases it."""
-        if not self.accepting:
+        return await self.enqueue(method, payload, chain)
+
+    def enqueue(self, method: str, payload: bytes, chain: Chain) -> asyncio.Future[bytes]:
+        """Queue a call; the future is its reply envelope, once the output gate releases it.
+
+        Raises :class:`Gone` at once if the instance takes no events.
+        """
+        if self._broken is not None or self._closing:
             raise Gone()
         if len(self._queue) >= self.app.config.max_queue:
             raise Overloaded(
@@ -223,7 +239,7 @@ class Instance:
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._queue.append(_Event("call", method, payload, chain, fut))
         self._kick()
-        return await fut
+        return fut
 
     async def delete(self) -> bytes:
         """Queue the deletion of this object's state; runs as a turn on the owner."""
@@ -261,12 +277,33 @@ class Instance:
                 raise ObjectReset(f"object was reset: {self._broken}")
 
     def _kick(self) -> None:
-        if self._worker is None:
+        """A new event is queued: wake the worker, or start it."""
+        if self._wake is not None:
+            self._wake_worker()
+        elif self._worker is None:
+            self._busy = True
             self._worker = asyncio.ensure_future(self._run())
 
+    def _wake_worker(self) -> None:
+        wake, self._wake = self._wake, None
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
     async def _run(self) -> None:
+        """The object's one long-lived worker: runs queued events one at a time, then waits
+        for the next (a new task per call costs more than the call itself)."""
+        loop = asyncio.get_running_loop()
         try:
-            while self._queue and self._broken is None:
+            while self._broken is None:
+                if not self._queue:
+                    self._busy = False
+                    self.last_active = self.app.clock.monotonic()
+                    if self._closing or self._broken is not None:
+                        return
+                    self._wake = loop.create_future()
+                    await self._wake
+                    self._busy = True
+                    continue
                 if self.app.clock.monotonic() >= self._lease_valid_until:
                     renewing = self._renew_soon()  # never serve from a cache we may not own
                     if renewing is not None:
@@ -285,6 +322,8 @@ class Instance:
                     await self._call_turn(ev)
         finally:
             self._worker = None
+            self._wake = None
+            self._busy = False
             self.last_active = self.app.clock.monotonic()
 
     async def _wait_gate(self) -> None:
@@ -324,6 +363,12 @@ class Instance:
 
     def _release(self, fut: asyncio.Future[bytes], out: bytes) -> None:
         """Send *out* once all earlier writes are durable and the lease is valid (output gate)."""
+        storage = self.storage
+        if (storage._durable_seq >= storage._write_seq and storage._broken is None
+                and self.app.clock.monotonic() < self._lease_valid_until):
+            if not fut.done():  # nothing pending and the lease valid: the gate is open now
+                fut.set_result(out)
+            return
 
         def gate_open(exc: BaseException | None) -> None:
             if fut.done():
@@ -339,7 +384,7 @@ class Instance:
         if self._ack_early:  # mutant: release outputs before their writes are durable
             gate_open(None)
             return
-        self.storage.after_durable(self.storage.write_seq, gate_open)
+        storage.after_durable(storage._write_seq, gate_open)
 
     # -- lease ----------------------------------------------------------------------------------
 
@@ -357,14 +402,24 @@ class Instance:
         cfg, clock = self.app.config, self.app.clock
         try:
             sent = clock.monotonic()
-            await self.read(self.backend.renew, self.ref, self.epoch, clock.time() + cfg.lease_ttl)
-            self._lease_valid_until = max(
-                self._lease_valid_until, sent + cfg.lease_ttl - cfg.drift_margin
-            )
+            # In the lease thread, without the input gate: renewals never wait behind commits.
+            await self.app.lease_io(self.backend.renew, self.ref, self.epoch,
+                                    clock.time() + cfg.lease_ttl)
+            self.renewed(sent)
         except DuroError as exc:
             self.reset(exc)
         finally:
             self._renewing = None
+            self.renewed(None)
+
+    def renewed(self, sent: float | None) -> None:
+        """The lease was renewed by a request sent at monotonic time *sent* (``None``: not
+        renewed): extend its validity, release the outputs that waited for it."""
+        if sent is not None:
+            cfg = self.app.config
+            self._lease_valid_until = max(
+                self._lease_valid_until, sent + cfg.lease_ttl - cfg.drift_margin
+            )
         waiters, self._lease_waiters = self._lease_waiters, []
         for fut, out in waiters:
             if not fut.done():
@@ -402,9 +457,7 @@ class Instance:
         n = len(batch.puts) + len(batch.deletes) + int(batch.delete_all)
         self.stats.flushed_writes += n
         self.stats.max_batch = max(self.stats.max_batch, n)
-        await asyncio.get_running_loop().run_in_executor(
-            self.app.executor, self.backend.commit, self.ref, self.epoch, batch
-        )
+        await self.app.committer.submit(CommitOp(self.ref, self.epoch, batch))
         if renew:
             self._lease_valid_until = max(
                 self._lease_valid_until, sent + cfg.lease_ttl - cfg.drift_margin
@@ -469,18 +522,12 @@ class Instance:
         self._alarm_set_in_run = False
         self.storage._alarm = None  # during the run get_alarm() is None unless set anew
         token = current_call.set((self, (self.key,)))
-        ok = True
+        failure: Exception | None = None
         try:
             await self.obj.alarm(AlarmInfo(retry_count=ev.retry))
-        except Exception:
-            ok = False
+        except Exception as exc:
+            failure = exc
             self.stats.alarm_failures += 1
-            retry = ev.retry < self.app.config.alarm_max_retries
-            log.warning("duro: alarm of %s %s failed (retry %d)%s", self.ns.name,
-                        self.oid.name or self.oid.hex, ev.retry,
-                        "; it will be retried" if retry else "; giving up", exc_info=True,
-                        extra=self._event("alarm_failure", retry_count=ev.retry,
-                                          will_retry=retry))
         finally:
             current_call.reset(token)
             self._alarm_running = None
@@ -490,12 +537,22 @@ class Instance:
         if self._alarm_set_in_run:
             self._alarm_retry = 0
             return  # a new alarm supersedes this one and its retries
-        if ok or ev.retry >= cfg.alarm_max_retries:
+        what = f"alarm of {self.ns.name} {self.oid.name or self.oid.hex[:12]}"
+        if failure is None or ev.retry >= cfg.alarm_max_retries:
+            if failure is not None:
+                log.error("%s failed on its last retry (%d); giving up: the alarm is cleared",
+                          what, ev.retry, exc_info=failure,
+                          extra=self._event("alarm_failure", retry_count=ev.retry,
+                                            will_retry=False))
             self._alarm_retry = 0
             self.storage.delete_alarm()  # cleared only after success (at-least-once)
             return
         self.storage._alarm = scheduled
         self._alarm_retry = ev.retry + 1
         backoff = cfg.alarm_retry_base * (2 ** ev.retry)
-        self._schedule_alarm(scheduled, delay=backoff * (1 + random.uniform(0, 0.25)))
+        delay = backoff * (1 + random.uniform(0, 0.25))
+        log.warning("%s failed (run %d of at most %d); retrying in %.1f s", what, ev.retry + 1,
+                    cfg.alarm_max_retries + 1, delay, exc_info=failure,
+                    extra=self._event("alarm_failure", retry_count=ev.retry, will_retry=True))
+        self._schedule_alarm(scheduled, delay=delay)
 

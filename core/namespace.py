@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import math
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Final, Generic, TypeVar, cast
 
-from duro.backends.base import MIGRATE_OWNER_PREFIX, LeaseHeld, ObjectRef
+from duro.backends.base import MIGRATE_OWNER_PREFIX, AcquireOp, LeaseHeld, ObjectRef
 from duro.calls import encode_args, unpack
-from duro.errors import BackendUnavailable, CallTimeout, InvalidObjectId, ObjectError
+from duro.errors import (
+    BackendUnavailable,
+    CallTimeout,
+    ConfigError,
+    InvalidObjectId,
+    ObjectError,
+    Overloaded,
+)
 from duro.ids import ObjectId, id_from_name, id_from_string, new_unique_id
 from duro.instance import Chain, Gone, Instance, current_call
 from duro.objects import DurableObject
@@ -30,6 +39,8 @@ mypy and pyright check method names, argument types and awaited result types of 
 only public ``async def`` methods; hooks, ``storage`` and ``ctx`` are not reachable through it."""
 HOOKS: Final = frozenset({"on_activate", "alarm", "fetch", "websocket_message", "websocket_close"})
 MAX_HOPS: Final = 4
+MAX_NAMESPACE_BYTES: Final = 200
+"""Longest namespace name (UTF-8): names go into storage keys, e.g. S3's 1,024-byte keys."""
 
 
 @dataclass(frozen=True)
@@ -55,10 +66,21 @@ class Elsewhere(Exception):
         self.until = until
 
 
+class OwnerGone(Exception):
+    """The owner at *address* refuses connections; its lease lasts until *until*."""
+
+    def __init__(self, address: str, until: float) -> None:
+        super().__init__(address)
+        self.address = address
+        self.until = until
+
+
 class Stub:
     """A handle on one object: every public ``async def`` of its class is callable here.
 
     Arguments and results pass by value through the codec, the same in-process and remote.
+    Each namespace makes one subclass with a method per callable name, resolved once per
+    class (see :func:`_stub_class`); ``__getattr__`` only serves names it does not define.
     """
 
     __slots__ = ("_calls", "_ns", "id")
@@ -66,7 +88,7 @@ class Stub:
     def __init__(self, ns: Namespace[Any], oid: ObjectId) -> None:
         self._ns = ns
         self.id = oid
-        self._calls: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {}
+        self._calls: dict[str, Callable[..., Coroutine[Any, Any, Any]]] | None = None
 
     @property
     def name(self) -> str | None:
@@ -74,8 +96,11 @@ class Stub:
         return self.id.name
 
     def __getattr__(self, method: str) -> Callable[..., Coroutine[Any, Any, Any]]:
+        calls = self._calls
+        if calls is None:
+            calls = self._calls = {}
         try:
-            return self._calls[method]
+            return calls[method]
         except KeyError:
             pass
         if method not in self._ns._methods:
@@ -89,17 +114,39 @@ class Stub:
             return await ns._call(oid, method, args, kwargs)
 
         call.__name__ = method
-        self._calls[method] = call
+        calls[method] = call
         return call
 
     def __repr__(self) -> str:
         return f"<Stub {self._ns.name} {self.id.name or self.id.hex[:12]}>"
 
 
+def _stub_method(method: str) -> Callable[..., Coroutine[Any, Any, Any]]:
+    async def call(self: Stub, *args: Any, **kwargs: Any) -> Any:
+        return await self._ns._call(self.id, method, args, kwargs)
+
+    call.__name__ = call.__qualname__ = method
+    return call
+
+
+def _stub_class(cls: type, methods: frozenset[str]) -> type[Stub]:
+    """The :class:`Stub` subclass of one object class: its methods as plain class attributes,
+    so a call resolves them like any method (no ``__getattr__``, no closure per stub)."""
+    attrs: dict[str, Any] = {"__slots__": ()}
+    for m in methods:
+        if not hasattr(Stub, m):  # never shadow the stub's own attributes (id, name…)
+            attrs[m] = _stub_method(m)
+    return type(f"{cls.__name__}Stub", (Stub,), attrs)
+
+
 class Namespace(Generic[T]):
     """All objects of one class in one app. Made by :meth:`duro.App.namespace`."""
 
     def __init__(self, app: App, cls: type[T], name: str) -> None:
+        if not name or len(name.encode("utf-8", "surrogatepass")) > MAX_NAMESPACE_BYTES:
+            raise ConfigError(f"namespace name {name[:40]!r}{'…' if len(name) > 40 else ''} must "
+                              f"be 1 to {MAX_NAMESPACE_BYTES} bytes of UTF-8 (it is part of "
+                              "storage keys)")
         self.app = app
         self.cls = cls
         self.name = name
@@ -111,6 +158,7 @@ class Namespace(Generic[T]):
             if not n.startswith("_") and n not in HOOKS
         )
         self._retired = ObjectStats()
+        self._stub_cls = _stub_class(cls, self._methods)
 
     # -- IDs and stubs --------------------------------------------------------------------------
 
@@ -143,11 +191,11 @@ class Namespace(Generic[T]):
         Type checkers see it as the object class (:data:`StubOf`), so a misspelled method or a
         wrong argument type is caught before it runs.
         """
-        return cast(T, Stub(self, self._check_id(oid)))
+        return cast(T, self._stub_cls(self, self._check_id(oid)))
 
     def get_by_name(self, name: str) -> StubOf[T]:
         """``get(id_from_name(name))``."""
-        return cast(T, Stub(self, self.id_from_name(name)))
+        return cast(T, self._stub_cls(self, self.id_from_name(name)))
 
     # -- registry -------------------------------------------------------------------------------
 
@@ -190,10 +238,17 @@ class Namespace(Generic[T]):
         payload = encode_args(method, args, kwargs)
         if cur is not None:
             await cur[0].output_ready()  # an outgoing call is an output
-        deadlines = self.app._deadlines
-        token = deadlines.add(self.app.clock.monotonic() + self.app.config.call_timeout)
+        app = self.app
+        deadlines = app._deadlines
+        token = deadlines.add(app.clock.monotonic() + app.config.call_timeout)
         try:
-            reply = await self._invoke(oid, method, payload, chain)
+            inst = self._instances.get(oid.hex)
+            reply = None
+            if inst is not None and app._state == "open":
+                with contextlib.suppress(Gone):  # the object is live here: no dispatch loop
+                    reply = await inst.enqueue(method, payload, chain)
+            if reply is None:
+                reply = await self._invoke(oid, method, payload, chain)
         except asyncio.CancelledError:
             if deadlines.expired(token):
                 raise CallTimeout(
@@ -208,6 +263,7 @@ class Namespace(Generic[T]):
                       hops: int = 0) -> bytes:
         """Run a call on the owner of *oid*: here, or forwarded to the process that owns it."""
         self.app._check_open()
+        refused_at: float | None = None
         while True:
             inst = self._instances.get(oid.hex)
             if inst is None or not inst.accepting:
@@ -232,18 +288,51 @@ class Namespace(Generic[T]):
                         raise BackendUnavailable(
                             f"call to {self.name} {oid.hex[:12]}… was forwarded {hops} times "
                             "without reaching its owner") from None
-                    reply = await self.app._forward(where, self, oid, method, payload, chain, hops)
+                    try:
+                        reply = await self.app._forward(where, self, oid, method, payload,
+                                                        chain, hops)
+                    except OwnerGone as gone:
+                        self._owners.pop(oid.hex, None)
+                        refused_at = await self._owner_gone(oid, gone, refused_at)
+                        continue  # its lease is over (or was stale): take over or find it
                     if reply is None:
                         self._owners.pop(oid.hex, None)
-                        continue  # the owner was unreachable and its lease is now over
+                        continue  # the owner is handing the object over
                     return reply
                 assert inst is not None
+            if self.app.shedding and method != "__delete__":
+                raise Overloaded("this process is renewing its leases late; it refuses new "
+                                 "calls until they catch up (the call was not started)")
             try:
                 if method == "__delete__":
                     return await inst.delete()
                 return await inst.call(method, payload, chain)
             except Gone:
                 continue
+
+    async def _owner_gone(self, oid: ObjectId, gone: OwnerGone, since: float | None) -> float:
+        """An owner refused the call: wait for its lease up to ``failover_wait``, else fail.
+
+        Returns when the lease is over, so the caller takes over; raises
+        :class:`BackendUnavailable` with ``retry_after`` = the time the lease has left (whole
+        seconds, rounded down, at least 1) once the wait is used up. The call was never sent.
+        """
+        cfg, clock = self.app.config, self.app.clock
+        now = clock.monotonic()
+        since = now if since is None else since
+        left = gone.until + cfg.drift_margin - clock.time()
+        if left <= 0:
+            return since
+        budget = cfg.failover_wait - (now - since)
+        if budget <= 0:
+            err = BackendUnavailable(
+                f"the owner of {self.name} {oid.name or oid.hex[:12]} at {gone.address} refuses "
+                f"connections; its lease ends in {left:.1f} s, then another process takes over "
+                "(this call was not sent)")
+            err.retry_after = float(max(1, math.floor(left)))
+            raise err
+        await clock.sleep(min(left, budget, 1.0))
+        return since
 
     async def _activate(self, oid: ObjectId) -> Instance:
         pending = self._activating.get(oid.hex)
@@ -264,15 +353,31 @@ class Namespace(Generic[T]):
             del self._activating[oid.hex]
 
     async def _do_activate(self, oid: ObjectId) -> Instance:
+        """Acquire the lease and load the object's state in one op of the App's committer.
+
+        Activation costs no synced commit of its own: the acquire shares a group transaction
+        with whatever other objects queued meanwhile (their acquires and batches), and the
+        same op reads the alarm and the preload rows after the epoch bump, inside that
+        transaction (one executor hop, no separate read). Safety:
+
+        - the object exists only once that transaction has committed, so no turn runs, and
+          no output leaves, before the lease is established;
+        - the reads belong to the new epoch: they are the state the epoch bump saw, and a
+          stale owner's later write is fenced; a failed or fenced group fails the activation
+          and nothing was served from what it read;
+        - on SQLite at sync=full a group of only acquires and releases is not fsynced by
+          itself (see the SQL backend): the object's first synced commit covers it, and a
+          crash that loses it ends every process on the host that could use it.
+        """
         app, cfg, clock = self.app, self.app.config, self.app.clock
         ref = ObjectRef(self.name, oid.hex)
         while True:
             app._check_open()
             sent, now = clock.monotonic(), clock.time()
             try:
-                lease = await app.io(
-                    app.backend.acquire, ref, owner=app.owner_id, address=app.address,
-                    now=now - cfg.drift_margin, until=now + cfg.lease_ttl, name=oid.name)
+                got = await app.committer.submit(AcquireOp(
+                    ref, app.owner_id, app.address, now - cfg.drift_margin, now + cfg.lease_ttl,
+                    oid.name, load=cfg.storage_limits.preload_keys))
                 break
             except LeaseHeld as held:
                 cur = held.lease
@@ -286,7 +391,7 @@ class Namespace(Generic[T]):
                     raise Elsewhere(cur.address, cur.until) from None
                 # Nobody to forward to: wait for the holder's lease to end.
                 await clock.sleep(min(max(cur.until + cfg.drift_margin - now, 0.01), 1.0))
-        alarm, preload = await app.io(self._load, ref)
+        lease, alarm, preload = got.lease, got.alarm, got.rows
         inst = Instance(self, oid, lease, sent, alarm, preload)
         self._instances[oid.hex] = inst
         try:
@@ -296,11 +401,6 @@ class Namespace(Generic[T]):
             await app.io(app.backend.release, ref, lease.epoch)
             raise
         return inst
-
-    def _load(self, ref: ObjectRef) -> tuple[float | None, list[tuple[bytes, bytes]]]:
-        backend = self.app.backend
-        n = self.app.config.storage_limits.preload_keys
-        return backend.get_alarm(ref), backend.scan(ref, None, None, limit=n)
 
     def _forget(self, inst: Instance) -> None:
         if self._instances.get(inst.oid.hex) is inst:

@@ -56,9 +56,17 @@ def load_app(target: str) -> Any:
 
 async def serve(app: Any, *, host: str = "127.0.0.1", port: int = 8787,
                 backend: str | None = None, advertise: str | None = None,
-                ready: Any = None, **limits: Any) -> None:
-    """Run *app* (a not yet started :class:`duro.App`) as an HTTP server until SIGINT/SIGTERM."""
+                cluster_listen: str | None = None, ssl_certfile: str | None = None,
+                ssl_keyfile: str | None = None, ready: Any = None, **limits: Any) -> None:
+    """Run *app* (a not yet started :class:`duro.App`) as an HTTP server until SIGINT/SIGTERM.
+
+    Two listeners: the public one on *host*:*port* (object routes only, TLS with
+    *ssl_certfile*/*ssl_keyfile*), and the App's cluster listener on *cluster_listen*
+    (default: *host* on a free port), where peers sharing the backend forward calls,
+    authenticated; *advertise* is the address peers should use for it.
+    """
     from duro.config import resolve_backend_url
+    from duro.listener import start_public_listener, stop_public_listener
     from duro.server import configure
 
     if backend is not None:
@@ -66,7 +74,7 @@ async def serve(app: Any, *, host: str = "127.0.0.1", port: int = 8787,
         app._backend_obj = None
     if app._http is None:
         configure(app, **limits)
-    app.listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    app.listen = cluster_listen or (f"[{host}]:0" if ":" in host else f"{host}:0")
     app._advertise = advertise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -74,17 +82,23 @@ async def serve(app: Any, *, host: str = "127.0.0.1", port: int = 8787,
         loop.add_signal_handler(sig, stop.set)
     await app.start()
     try:
-        shown = app.address
-        if shown.startswith(("0.0.0.0:", "[::]:")) or advertise:
-            shown = f"{host}:{shown.rsplit(':', 1)[1]}"
+        public, url = await start_public_listener(app._http, host, port,
+                                                  ssl_certfile=ssl_certfile,
+                                                  ssl_keyfile=ssl_keyfile)
+    except BaseException:
+        await app.close()
+        raise
+    try:
         names = ", ".join(sorted(app._namespaces)) or "(none)"
-        line = f"duro serve: http://{shown} backend={app.backend_description} namespaces={names}"
+        line = (f"duro serve: {url} backend={app.backend_description} "
+                f"cluster={app.address or '-'} namespaces={names}")
         print(line, flush=True)
         if ready is not None:
             ready(app)
         await stop.wait()
     finally:
-        await app.close()
+        await app.close()  # WebSockets close with 1012 and turns drain first
+        await stop_public_listener(public)
 
 
 def register(cli: typer.Typer) -> None:
@@ -94,13 +108,22 @@ def register(cli: typer.Typer) -> None:
     def serve_cmd(
         target: Annotated[str, typer.Argument(
             help="The duro.App to serve: module:attr or path/to/file.py:attr.")],
-        host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-        port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8787,
+        host: Annotated[str, typer.Option(help="Interface of the public listener.")
+                        ] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="Port of the public listener (0 picks a free "
+                                          "one).")] = 8787,
         backend: Annotated[str | None, typer.Option(
             "--backend", "-b", help="Backend URL (overrides the App's).")] = None,
+        cluster_listen: Annotated[str | None, typer.Option(
+            help="host:port of the cluster listener, where processes sharing the backend "
+                 "forward calls, authenticated (default: --host on a free port).")] = None,
         advertise: Annotated[str | None, typer.Option(
-            help="host:port other processes use to reach this one (default: the bound one).")
-        ] = None,
+            help="HOST[:PORT] peers use to reach the cluster listener (needed when it listens "
+                 "on 0.0.0.0 and no routable address is found).")] = None,
+        ssl_certfile: Annotated[str | None, typer.Option(
+            help="Serve the public listener over TLS with this certificate (PEM).")] = None,
+        ssl_keyfile: Annotated[str | None, typer.Option(
+            help="The certificate's private key (PEM).")] = None,
         max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 8 << 20,
         max_message_bytes: Annotated[int, typer.Option(
             help="Largest WebSocket message.")] = 1 << 20,
@@ -117,7 +140,9 @@ def register(cli: typer.Typer) -> None:
             pass
         with asyncio.Runner(**runner_kw) as runner:
             runner.run(serve(app, host=host, port=port, backend=backend, advertise=advertise,
-                             max_body_bytes=max_body_bytes, max_message_bytes=max_message_bytes))
+                             cluster_listen=cluster_listen, ssl_certfile=ssl_certfile,
+                             ssl_keyfile=ssl_keyfile, max_body_bytes=max_body_bytes,
+                             max_message_bytes=max_message_bytes))
 
 
 def main() -> None:

@@ -1,13 +1,17 @@
 """Serving durable objects over HTTP and WebSockets (the ASGI app behind ``duro serve``).
 
-Routes, on the same port as the forwarding endpoint ``/_duro/call`` of
-:mod:`duro.transport` (one port per process):
+Routes (relative to the ASGI ``root_path``, so the app can be mounted, e.g. under Starlette's
+``Mount("/objects", app=configure(app))``):
 
 - ``/<namespace>/name/<name>/<path>`` - the object ``id_from_name(name)``;
 - ``/<namespace>/id/<64-hex>/<path>`` - the object with that ID (400 if malformed);
 
 each reaching the object's ``fetch(request)`` (404 for an unknown namespace or a class without
-``fetch``). The request runs on the object's owner: here, or forwarded by value to the process
+``fetch``, answered only after the ``auth`` hook let the request in, so a refused client
+learns nothing about which namespaces exist). This is the public surface only: calls between
+processes use the separate, authenticated cluster listener of :mod:`duro.transport`.
+
+The request runs on the object's owner: here, or forwarded by value to the process
 holding its lease, like any stub call; the response leaves through the output gate. A WebSocket
 upgrade on the same routes is offered to ``fetch`` in the owner process (``request.websocket``);
 at another process it is proxied to the owner. Overload answers 503 with ``Retry-After``.
@@ -15,7 +19,8 @@ at another process it is proxied to the owner. Overload answers 503 with ``Retry
 Use :func:`configure` before the App starts (``duro serve`` does it), for instance to add an
 ``auth`` hook: ``auth(conn, namespace, object_id)`` (sync or async; ``conn`` is Starlette's
 ``HTTPConnection``) returns ``True``/``None`` to let the request in, ``False`` for 403, or a
-:class:`duro.fetch.Response` to answer with.
+:class:`duro.fetch.Response` to answer with. It runs in the process the client reached; a
+request or WebSocket relayed to the owner is not checked again there.
 """
 
 from __future__ import annotations
@@ -27,9 +32,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
-from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
 from starlette.websockets import WebSocket as ASGIWebSocket
 
@@ -43,18 +47,18 @@ from duro.errors import (
 )
 from duro.fetch import FETCH_METHOD, Response, encode_request, response_from_value
 from duro.fetch import Request as DuroRequest
+from duro.ids import id_from_name, id_from_string
 from duro.instance import Gone
 from duro.websockets import CODE_MOVED, Hub, local_instance
 
 if TYPE_CHECKING:
-    from starlette.routing import BaseRoute
     from starlette.types import Receive, Scope, Send
 
     from duro.app import App
     from duro.ids import ObjectId
     from duro.namespace import Namespace
 
-__all__ = ["AuthHook", "Server", "ServerOptions", "configure"]
+__all__ = ["AuthHook", "Server", "ServerOptions", "configure", "route_path"]
 
 log = logging.getLogger("duro.server")
 
@@ -66,8 +70,9 @@ _HOP_BY_HOP: Final = frozenset({
     "sec-websocket-protocol", "sec-websocket-accept", HOPS_HEADER,
 })
 _PHRASES: Final = {400: "Bad Request", 403: "Forbidden", 404: "Not Found",
-                   413: "Content Too Large", 500: "Internal Server Error",
-                   503: "Service Unavailable", 504: "Gateway Timeout"}
+                   413: "Content Too Large", 415: "Unsupported Media Type",
+                   422: "Unprocessable Content", 431: "Request Header Fields Too Large",
+                   500: "Internal Server Error", 503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,10 @@ class ServerOptions:
     max_sockets_per_object: int = 32768
     retry_after: int = 1
     """Seconds in ``Retry-After`` of 503 answers."""
+    header_timeout: float = 10.0
+    """Seconds a client has to send a request's headers (``duro serve``'s listener)."""
+    max_header_bytes: int = 16 * 1024
+    """Largest request head: 431 beyond."""
     auth: AuthHook | None = None
 
 
@@ -105,15 +114,9 @@ class Server:
         self.options = options
         self.hub = Hub(app, max_message_bytes=options.max_message_bytes,
                        max_sockets_per_object=options.max_sockets_per_object)
-        self._internal: Starlette | None = None
         self._proxies: set[asyncio.Task[Any]] = set()
 
     # -- wiring (called by duro.transport and duro.app) -------------------------------------------
-
-    def asgi(self, internal_routes: list[BaseRoute]) -> Server:
-        """The ASGI app: *internal_routes* (``/_duro/...``) plus the object routes."""
-        self._internal = Starlette(routes=internal_routes)
-        return self
 
     def uvicorn_options(self) -> dict[str, Any]:
         """Options for uvicorn's ``Config``."""
@@ -129,46 +132,50 @@ class Server:
         kind = scope["type"]
         if kind not in ("http", "websocket"):
             return
-        path: str = scope["path"]
-        if path.startswith("/_duro/"):
-            assert self._internal is not None
-            await self._internal(scope, receive, send)
-            return
-        raw: bytes = scope.get("raw_path") or path.encode()
-        parts = raw.decode("latin-1").split("?", 1)[0].split("/", 4)
+        parts = route_path(scope).split("/", 4)
+        conn: HTTPConnection = (Request(scope, receive) if kind == "http"
+                                else ASGIWebSocket(scope, receive, send))
         try:
+            if sum(len(k) + len(v) for k, v in scope["headers"]) > self.options.max_header_bytes:
+                raise _Refused(431, f"the request head limit is {self.options.max_header_bytes:,} "
+                               "bytes")
             if len(parts) < 4 or parts[0] or parts[2] not in ("name", "id") or not parts[3]:
                 raise _Refused(404, "use /<namespace>/name/<name>/<path> or "
                                "/<namespace>/id/<64-hex id>/<path>")
-            ns, oid = self._target(unquote(parts[1]), parts[2], unquote(parts[3]))
+            ns_name, ident = unquote(parts[1]), unquote(parts[3])
+            try:  # well-formed or not whether or not the namespace exists: reveals nothing
+                oid = id_from_name(ns_name, ident) if parts[2] == "name" else \
+                    id_from_string(ns_name, ident)
+            except InvalidObjectId as exc:
+                raise _Refused(400, str(exc)) from None
+            if not scope.get("duro.peer"):  # a relay from a peer was let in where it arrived
+                await self._authorize(conn, ns_name, oid)
+            ns = self._target(ns_name)
             rest = "/" + (unquote(parts[4]) if len(parts) == 5 else "")
-            if kind == "http":
-                await self._http(scope, receive, send, ns, oid, rest)
+            if isinstance(conn, Request):
+                await self._http(conn, send, ns, oid, rest)
             else:
-                await self._websocket(ASGIWebSocket(scope, receive, send), ns, oid, rest)
+                assert isinstance(conn, ASGIWebSocket)
+                await self._websocket(conn, ns, oid, rest)
         except _Refused as refused:
             if kind == "http":
                 await _send_response(send, refused.response)
             else:
                 await _deny(ASGIWebSocket(scope, receive, send), refused.response)
 
-    def _target(self, ns_name: str, kind: str, ident: str) -> tuple[Namespace[Any], ObjectId]:
+    def _target(self, ns_name: str) -> Namespace[Any]:
         ns = self.app._namespaces.get(ns_name)
         if ns is None:
             raise _Refused(404, f"no namespace {ns_name!r}")
         if not callable(getattr(ns.cls, "fetch", None)):
             raise _Refused(404, f"{ns.cls.__qualname__} has no fetch()")
-        try:
-            oid = ns.id_from_name(ident) if kind == "name" else ns.id_from_string(ident)
-        except InvalidObjectId as exc:
-            raise _Refused(400, str(exc)) from None
-        return ns, oid
+        return ns
 
-    async def _authorize(self, conn: HTTPConnection, ns: Namespace[Any], oid: ObjectId) -> None:
+    async def _authorize(self, conn: HTTPConnection, ns_name: str, oid: ObjectId) -> None:
         auth = self.options.auth
         if auth is None:
             return
-        verdict = auth(conn, ns.name, oid)
+        verdict = auth(conn, ns_name, oid)
         if inspect.isawaitable(verdict):
             verdict = await verdict
         if verdict is False:
@@ -178,10 +185,9 @@ class Server:
 
     # -- HTTP -------------------------------------------------------------------------------------
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send, ns: Namespace[Any],
-                    oid: ObjectId, rest: str) -> None:
-        request = Request(scope, receive)
-        await self._authorize(request, ns, oid)
+    async def _http(self, request: Request, send: Send, ns: Namespace[Any], oid: ObjectId,
+                    rest: str) -> None:
+        scope = request.scope
         limit = self.options.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -205,20 +211,27 @@ class Server:
     async def _fetch(self, ns: Namespace[Any], oid: ObjectId, payload: bytes) -> Response:
         """Run ``fetch`` on the owner (here or forwarded); map failures to HTTP statuses."""
         retry = {"retry-after": str(self.options.retry_after)}
+        # The App's deadline sweep, not a loop timer per request (see duro.deadlines).
+        deadlines = self.app._deadlines
+        token = deadlines.add(self.app.clock.monotonic() + self.app.config.call_timeout)
         try:
-            async with asyncio.timeout(self.app.config.call_timeout):
+            try:
                 reply = await ns._invoke(oid, FETCH_METHOD, payload, ())
+            except asyncio.CancelledError:
+                if deadlines.expired(token):
+                    return _error(504, "the object did not answer in time")
+                raise
+            finally:
+                deadlines.discard(token)
             resp = response_from_value(unpack(reply))
             if resp.status == 101:
                 return _error(500, "fetch answered 101 to a request that is not a WebSocket")
             return resp
-        except TimeoutError:
-            return _error(504, "the object did not answer in time")
         except CallTimeout as exc:
             return _error(504, exc.message)
-        except Overloaded as exc:
-            return _error(503, exc.message, retry)
-        except (ObjectReset, BackendUnavailable) as exc:
+        except (Overloaded, ObjectReset, BackendUnavailable) as exc:
+            if exc.retry_after is not None:
+                retry = {"retry-after": str(int(exc.retry_after))}
             return _error(503, exc.message, retry)
         except Exception:
             return _error(500)
@@ -230,8 +243,7 @@ class Server:
         from duro.app import AppClosing
         from duro.namespace import MAX_HOPS, Elsewhere
 
-        await self._authorize(conn, ns, oid)
-        hops = int(conn.headers.get(HOPS_HEADER, "0") or 0)
+        hops = int(conn.headers.get(HOPS_HEADER, "0") or 0) if conn.scope.get("duro.peer") else 0
         while True:
             try:
                 inst = await local_instance(ns, oid)
@@ -284,15 +296,17 @@ class Server:
     async def _proxy(self, conn: ASGIWebSocket, address: str, hops: int) -> None:
         """Relay a WebSocket to the owner process at *address*, both ways, until either closes."""
         from websockets.asyncio.client import connect
-        from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+        from websockets.exceptions import InvalidStatus, WebSocketException
 
         scope = conn.scope
-        path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         qs = scope.get("query_string", b"").decode("latin-1")
-        url = f"ws://{address}{path}" + (f"?{qs}" if qs else "")
+        target = route_path(scope) + (f"?{qs}" if qs else "")
+        url = f"ws://{address}{target}"  # the owner's cluster listener
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
                    if k.decode("latin-1").lower() not in _HOP_BY_HOP]
         headers.append((HOPS_HEADER, str(hops + 1)))
+        assert self.app._transport is not None  # Elsewhere is raised only when it is running
+        headers += self.app._transport.sign("GET", target).items()
         protocols = [p.strip() for p in conn.headers.get("sec-websocket-protocol", "").split(",")
                      if p.strip()]
         retry = {"retry-after": str(self.options.retry_after)}
@@ -312,47 +326,86 @@ class Server:
             raise _Refused(503, "the object's owner could not be reached", retry) from None
         async with upstream:
             await conn.accept(subprotocol=upstream.subprotocol)
+            await self._relay(conn, upstream)
 
-            async def downstream() -> tuple[int, str]:
+    async def _relay(self, conn: ASGIWebSocket, upstream: Any) -> None:
+        """Pump messages both ways until either side closes, then close the other side.
+
+        Whichever side leaves first, in whatever order the closes cross, both pumps end and
+        are awaited here: a send to a side that has gone ends its pump, never the relay.
+        """
+        from websockets.exceptions import ConnectionClosed
+
+        async def downstream() -> tuple[int, str] | None:
+            """Owner → client; the owner's close code, or ``None`` once the client is gone."""
+            try:
+                async for msg in upstream:
+                    if isinstance(msg, str):
+                        await conn.send_text(msg)
+                    else:
+                        await conn.send_bytes(msg)
+            except ConnectionClosed:
+                pass
+            except (RuntimeError, OSError) as exc:  # the client left while we sent to it
+                log.debug("WebSocket relay: the client left mid-send: %s", exc)
+                return None
+            rcvd = upstream.close_code
+            code = rcvd if rcvd not in (None, 1005, 1006) else CODE_MOVED
+            return code, upstream.close_reason or ""
+
+        async def upstream_pump() -> tuple[int, str]:
+            """Client → owner; the client's close code."""
+            while True:
+                msg = await conn.receive()
+                if msg["type"] == "websocket.disconnect":
+                    code = int(msg.get("code") or 1000)
+                    return code if code not in (1005, 1006) else 1000, msg.get("reason") or ""
+                data = msg.get("text")
                 try:
-                    async for msg in upstream:
-                        if isinstance(msg, str):
-                            await conn.send_text(msg)
-                        else:
-                            await conn.send_bytes(msg)
+                    await upstream.send(data if data is not None else msg.get("bytes") or b"")
                 except ConnectionClosed:
-                    pass
-                rcvd = upstream.close_code
-                code = rcvd if rcvd not in (None, 1005, 1006) else CODE_MOVED
-                return code, upstream.close_reason or ""
+                    return 1000, ""
 
-            async def upstream_pump() -> tuple[int, str]:
-                while True:
-                    msg = await conn.receive()
-                    if msg["type"] == "websocket.disconnect":
-                        code = int(msg.get("code") or 1000)
-                        return (code if code not in (1005, 1006) else 1000,
-                                msg.get("reason") or "")
-                    data = msg.get("text")
-                    try:
-                        await upstream.send(data if data is not None else msg.get("bytes") or b"")
-                    except ConnectionClosed:
-                        return 1000, ""
-
-            down = asyncio.ensure_future(downstream())
-            up = asyncio.ensure_future(upstream_pump())
-            done, _ = await asyncio.wait([down, up], return_when=asyncio.FIRST_COMPLETED)
-            if down in done:  # the owner closed: pass its code on (1012: reconnect)
-                code, reason = down.result()
+        down = asyncio.ensure_future(downstream())
+        up = asyncio.ensure_future(upstream_pump())
+        pumps = (down, up)
+        self._proxies.update(pumps)
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            if down.done() and down.exception() is None and (owner := down.result()):
+                # The owner closed: pass its code on (1012: reconnect elsewhere).
                 up.cancel()
-                with contextlib.suppress(Exception):
-                    await conn.close(code, reason)
+                with contextlib.suppress(RuntimeError, OSError):  # the client may be gone too
+                    await conn.close(*owner)
             else:  # the client left: tell the owner
-                code, reason = up.result()
-                with contextlib.suppress(Exception):
-                    await upstream.close(code, reason)
+                code, reason = (up.result() if up.done() and up.exception() is None
+                                else (1000, ""))
                 down.cancel()
-            await asyncio.gather(down, up, return_exceptions=True)
+                with contextlib.suppress(ConnectionClosed, OSError):
+                    await upstream.close(code, reason)
+        finally:
+            for t in pumps:
+                t.cancel()
+            for t, result in zip(pumps, await asyncio.gather(*pumps, return_exceptions=True),
+                                 strict=True):
+                if isinstance(result, Exception):
+                    log.warning("WebSocket relay: a pump failed: %r", result)
+                self._proxies.discard(t)
+
+
+def route_path(scope: Scope) -> str:
+    """The request's raw path (percent-encoded, latin-1) after the ASGI ``root_path``."""
+    path: str = scope["path"]
+    raw_bytes: bytes = scope.get("raw_path") or path.encode()
+    raw = raw_bytes.decode("latin-1").split("?", 1)[0]
+    root: str = scope.get("root_path", "")
+    if root:
+        quoted = quote(root)
+        if raw.startswith(quoted):
+            raw = raw[len(quoted):]
+        elif path.startswith(root):  # no raw path to trust: fall back to the decoded one
+            raw = quote(path[len(root):])
+    return raw
 
 
 async def _send_response(send: Send, resp: Response) -> None:
@@ -377,8 +430,10 @@ async def _deny(conn: ASGIWebSocket, resp: Response) -> None:
 
 
 def configure(app: App, *, auth: AuthHook | None = None, **limits: Any) -> Server:
-    """Serve *app*'s objects over HTTP/WebSockets on its listen address (before it starts).
+    """Make *app*'s objects reachable over HTTP/WebSockets (before it starts); returns the ASGI app.
 
+    ``duro serve`` serves it on its public listener; or mount it in an ASGI app of your own
+    (``Mount("/objects", app=configure(app))``) and run the App in that app's lifespan.
     *limits* are :class:`ServerOptions` fields (``max_body_bytes``, ``max_message_bytes``, …).
     Calling it again replaces the options.
     """

@@ -71,6 +71,34 @@ def _list_range(start: str | None, start_after: str | None, end: str | None,
     return key_range(start=start, start_after=start_after, end=end, prefix=prefix)
 
 
+def _overlay_rows(
+    base: list[tuple[bytes, bytes]],
+    asked: int | None,
+    writes: Mapping[bytes, bytes | None],
+    clear: bool,
+    reverse: bool,
+    limit: int | None,
+) -> list[tuple[bytes, bytes]]:
+    """Rows of a range read from below (*base*, at most *asked* of them, in list order) with
+    the writes not yet applied there laid over them (``None`` deletes; *clear*: nothing below
+    counts). Only keys up to *base*'s last row are known when it came back full, so the result
+    stops there; it has ``min(limit, count)`` rows as long as *asked* counted *writes*.
+    """
+    merged = {} if clear else dict(base)
+    for k, v in writes.items():
+        if v is None:
+            merged.pop(k, None)
+        else:
+            merged[k] = v
+    keys = sorted(merged, reverse=reverse)
+    if asked is not None and base and len(base) >= asked:
+        edge = base[-1][0]
+        keys = [k for k in keys if (k >= edge if reverse else k <= edge)]
+    if limit is not None:
+        keys = keys[:limit]
+    return [(k, merged[k]) for k in keys]
+
+
 class Durable:
     """The awaitable a write returns: resolves to its value once the write is durable."""
 
@@ -262,49 +290,44 @@ class Storage(_Reader):
     async def _scan(
         self, lo: bytes | None, hi: bytes | None, reverse: bool, limit: int | None
     ) -> builtins.list[tuple[bytes, bytes]]:
+        """The range's rows as this object sees them: ``min(limit, count)`` of them, in order."""
         def inside(k: bytes) -> bool:
             return (lo is None or k >= lo) and (hi is None or k < hi)
 
         if self._complete:
             self._stats.cache_hits += 1
             rows = sorted(
-                (k, v) for k, v in self._cache.items() if v is not None and inside(k)
+                ((k, v) for k, v in self._cache.items() if v is not None and inside(k)),
+                reverse=reverse,
             )
-        else:
-            self._stats.cache_misses += 1
-            pending = self._pending()
-            extra = sum(1 for k in pending.writes if inside(k))
-            backend_limit = None if limit is None else limit + extra
+            return rows if limit is None else rows[:limit]
+        self._stats.cache_misses += 1
+        while True:
+            before = self._pending()
+            extra = sum(1 for k in before.writes if inside(k))
+            asked = None if limit is None else limit + extra
             got: builtins.list[tuple[bytes, bytes]] = []
-            if not pending.clear:
+            if not before.clear:
                 got = await self._inst.read(
-                    self._inst.backend.scan, self._inst.ref, lo, hi, reverse=reverse,
-                    limit=backend_limit,
+                    self._inst.backend.scan, self._inst.ref, lo, hi, reverse=reverse, limit=asked
                 )
-            # Writes made meanwhile are in the cache; recompute the overlay after the read.
-            pending = self._pending()
-            merged = dict(got)
-            for k, v in pending.writes.items():
+            # A flush may have landed during the read, taking its writes out of the pending
+            # set while the rows were read before it: apply the writes pending before the read
+            # and those made since, each key at its latest value (the cache holds it).
+            over = before
+            over.merge(self._pending())
+            writes: dict[bytes, bytes | None] = {}
+            for k, v in over.writes.items():
                 if inside(k):
-                    if v is None:
-                        merged.pop(k, None)
-                    else:
-                        merged[k] = v
-            if pending.clear:
-                merged = {k: v for k, v in merged.items() if k in pending.writes}
-            keys = sorted(merged)
-            if backend_limit is not None and len(got) >= backend_limit and keys:
-                # The backend stopped early: only keys up to its last row are known.
-                edge = got[-1][0]
-                keys = [k for k in keys if (k >= edge if reverse else k <= edge)]
-            rows = [(k, v) for k in keys if (v := merged[k]) is not None]
+                    cached = self._cache.get(k, _MISSING)
+                    writes[k] = v if cached is _MISSING else cached  # type: ignore[assignment]
+            if asked is not None and len(got) >= asked and len(writes) > extra:
+                continue  # writes made during the read may hide rows past the backend's last
             for k, v in got:
-                if k not in self._cache:
+                if k not in self._cache and k not in over.writes:
                     self._fill(k, v)
             self._evict()
-        if reverse:
-            rows.reverse()
-        return rows if limit is None else rows[:limit]
+            return _overlay_rows(got, asked, writes, over.clear, reverse, limit)
 
     async def get_alarm(self) -> float | None:
         """The alarm time (epoch seconds), or ``None``."""
@@ -644,21 +667,12 @@ class Transaction(_Reader):
         lo, hi = _list_range(start, start_after, end, prefix, limit)
         mine = {k: v for k, v in self._over.writes.items()
                 if (lo is None or k >= lo) and (hi is None or k < hi)}
+        asked = None if limit is None else limit + len(mine)
         base: builtins.list[tuple[bytes, bytes]] = []
         if not self._over.clear:
-            base_limit = None if limit is None else limit + len(mine)
-            base = await self._storage._scan(lo, hi, reverse, base_limit)
-        merged: dict[bytes, bytes | None] = dict(base)
-        merged.update(mine)
-        keys = sorted(k for k, v in merged.items() if v is not None)
-        if limit is not None and base and len(base) >= limit + len(mine):
-            edge = base[-1][0]
-            keys = [k for k in keys if (k >= edge if reverse else k <= edge)]
-        if reverse:
-            keys.reverse()
-        if limit is not None:
-            keys = keys[:limit]
-        return {k.decode(): decode(merged[k]) for k in keys}  # type: ignore[arg-type]
+            base = await self._storage._scan(lo, hi, reverse, asked)
+        rows = _overlay_rows(base, asked, mine, self._over.clear, reverse, limit)
+        return {k.decode(): decode(v) for k, v in rows}
 
     async def get_alarm(self) -> float | None:
         """The alarm as this transaction sees it."""

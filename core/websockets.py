@@ -426,7 +426,9 @@ class Hub:
                     await conn.send_text(data)
                 else:
                     await conn.send_bytes(data)
-            except Exception:
+            except Exception as exc:
+                # The client is gone (or broke the protocol): nothing more can reach it.
+                log.debug("WebSocket send loop ends: the client connection failed: %r", exc)
                 return
 
     async def _dispatch_loop(self, rec: _Socket,

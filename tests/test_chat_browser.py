@@ -153,7 +153,7 @@ def test_two_pages_chat_through_two_processes(browser: DevTools,
     browser.wait_for(page1, OPEN, "page 1 to connect")
     page2 = browser.open_page(f"{b.base}/ChatRoom/name/browser-room/?user=bob")
     browser.wait_for(page2, OPEN, "page 2 to connect")
-    assert lease_of(url, "ChatRoom", "browser-room").address == a.address  # B proxies
+    assert lease_of(url, "ChatRoom", "browser-room").address == a.cluster  # B proxies
     assert browser.eval(page1, "document.title") == "duro chat"
 
     browser.eval(page1, SAY.format(text=json.dumps("hello from ann")))

@@ -24,7 +24,17 @@ def test_system_clock_reads_the_real_clocks() -> None:
 
 
 def test_system_clock_sleep_accepts_negative() -> None:
-    asyncio.run(SystemClock().sleep(-5))  # returns at once instead of raising
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        seen: list[str] = []
+        loop.call_soon(seen.append, "ready callback")
+        loop.call_later(4.0, seen.append, "4 s timer")
+        assert await SystemClock().sleep(-5) is None
+        seen.append("slept")
+        return seen
+
+    # It yields once, like sleep(0), and returns long before a 4 s timer: no error, no wait.
+    assert asyncio.run(main()) == ["ready callback", "slept"]
 
 
 def test_manual_clock_moves_only_when_advanced() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import queue
 import threading
 from collections.abc import Callable, Coroutine
@@ -57,6 +58,14 @@ class Store(duro.DurableObject):
 
     async def delete(self, key: str) -> bool:
         return bool(await self.storage.delete(key))
+
+    async def write_then_list(self, deletes: list[str], puts: dict[str, Any],
+                              **kw: Any) -> list[list[Any]]:
+        for k in deletes:
+            self.storage.delete(k)  # not awaited: list() runs before these writes are durable
+        if puts:
+            self.storage.put_many(puts)
+        return [[k, v] for k, v in (await self.storage.list(**kw)).items()]
 
     async def delete_many(self, keys: list[str]) -> int:
         return int(await self.storage.delete_many(keys))
@@ -298,11 +307,142 @@ def test_list_merges_unflushed_writes_after_restart(duro_app_factory: Make,
                 await stub.put(k, 1)
         async with duro_app_factory(storage_limits=limits) as app:
             stub = app.namespace(Store).get_by_name("m")
-            assert await stub.delete("k2") is True  # k2 was not cached: read before deleting
-            assert await stub.delete("k9") is False
-            await stub.put("k4", 4)
-            assert await stub.listing() == [["k1", 1], ["k3", 1], ["k4", 4]]
-            assert await stub.listing(limit=2) == [["k1", 1], ["k3", 1]]
+            # The deletes and the put are still unflushed when list() reads the backend.
+            assert await stub.write_then_list(["k2", "k9"], {"k4": 4}) == [
+                ["k1", 1], ["k3", 1], ["k4", 4]]
+            assert await stub.write_then_list(["k1"], {"k5": 5}, limit=2) == [
+                ["k3", 1], ["k4", 4]]
+            assert await stub.write_then_list(["k5"], {}, reverse=True, limit=1) == [["k4", 4]]
+            assert await stub.delete("k2") is False  # the unflushed delete did land
+            assert await stub.listing() == [["k3", 1], ["k4", 4]]
+
+    run(main())
+
+
+class Lister(duro.DurableObject):
+    """Lists while writes are still unflushed (their awaitables deliberately not awaited)."""
+
+    flushed: threading.Event | None = None
+
+    async def put_each(self, entries: dict[str, Any]) -> None:
+        for k, v in entries.items():  # one flush each: the cache evicts the older keys
+            await self.storage.put(k, v)
+
+    async def delete_then_list(self, keys: list[str], **kw: Any) -> list[str]:
+        for k in keys:
+            self.storage.delete(k)
+        return list(await self.storage.list(**kw))
+
+    async def delete_then_list_told(self, key: str, **kw: Any) -> list[str]:
+        self.storage.delete(key)
+        flushed = Lister.flushed
+        assert flushed is not None
+        self.storage.after_durable(self.storage.write_seq, lambda exc: flushed.set())
+        return list(await self.storage.list(**kw))
+
+    async def txn_listings(self) -> dict[str, list[str]]:
+        self.storage.delete("k2")  # unflushed writes below the transaction
+        self.storage.put("k9", 9)
+        out: dict[str, list[str]] = {}
+        async with self.storage.transaction() as t:
+            t.delete_many(["k1", "k3"])
+            t.put_many({"k0": 0, "k45": 45})
+            out["all"] = list(await t.list())
+            out["limit"] = list(await t.list(limit=3))
+            out["reverse"] = list(await t.list(reverse=True, limit=3))
+            out["start_after"] = list(await t.list(start_after="k3", limit=2))
+            out["prefix"] = list(await t.list(prefix="k4"))
+            out["end"] = list(await t.list(end="k45", reverse=True, limit=2))
+            t.delete_all()
+            t.put("k7", 7)
+            out["cleared"] = list(await t.list(limit=5))
+            t.rollback()
+        out["after_rollback"] = list(await self.storage.list())
+        return out
+
+
+# The cache holds at most 2 keys, so these objects are never wholly cached: list() reads the
+# backend and lays the unflushed writes over its rows.
+SMALL_CACHE = duro.StorageLimits(cache_entries=2, preload_keys=1)
+SIX = {f"k{i}": i for i in range(1, 7)}
+
+
+def test_list_limit_counts_unflushed_deletes(duro_app_factory: Make) -> None:
+    async def main() -> None:
+        async with duro_app_factory(storage_limits=SMALL_CACHE) as app:
+            ns = app.namespace(Lister)
+            stub = ns.get_by_name("l")
+            await stub.put_each(SIX)
+            assert ns.stats().evictions > 0
+            # The backend's first two rows are the deleted ones: list must read past them.
+            assert await stub.delete_then_list(["k1", "k2"], limit=2) == ["k3", "k4"]
+            assert await stub.delete_then_list(["k6"], reverse=True, limit=2) == ["k5", "k4"]
+            assert await stub.delete_then_list(["k9"], start_after="k3", limit=5) == ["k4", "k5"]
+
+    run(main())
+
+
+class ScanBeforeCommit(ProxyBackend):
+    """Once armed: a scan reads its rows, lets the held commit land, and returns those rows
+    only after the runtime has seen that flush complete (a flush landing during a read)."""
+
+    def __init__(self, inner: Backend) -> None:
+        super().__init__(inner)
+        self.armed = False
+        self.scanned = threading.Event()
+
+    def scan(self, ref: ObjectRef, lo: bytes | None, hi: bytes | None, *, reverse: bool = False,
+             limit: int | None = None) -> list[tuple[bytes, bytes]]:
+        rows = super().scan(ref, lo, hi, reverse=reverse, limit=limit)
+        if self.armed:
+            self.scanned.set()
+            assert Lister.flushed is not None
+            assert Lister.flushed.wait(30), "the flush never completed"
+        return rows
+
+    def commit(self, ref: ObjectRef, epoch: int, batch: Batch) -> None:
+        if self.armed:
+            assert self.scanned.wait(30), "the scan never ran"
+        super().commit(ref, epoch, batch)
+
+
+@pytest.mark.parametrize("limit", [None, 2])
+def test_list_sees_a_delete_whose_flush_lands_during_the_read(
+    duro_app_factory: Make, duro_backend_url: str, limit: int | None
+) -> None:
+    async def main() -> None:
+        backend = ScanBeforeCommit(open_backend(duro_backend_url))
+        async with duro_app_factory(backend=backend, storage_limits=SMALL_CACHE) as app:
+            stub = app.namespace(Lister).get_by_name("r")
+            await stub.put_each(SIX)
+            Lister.flushed = threading.Event()
+            backend.armed = True
+            # The rows come from before the delete landed; the delete is no longer pending
+            # once they arrive. The deleted key must not come back.
+            assert await stub.delete_then_list_told("k1", limit=limit) == (
+                ["k2", "k3", "k4", "k5", "k6"] if limit is None else ["k2", "k3"])
+            backend.armed = False
+
+    run(main())
+
+
+def test_transaction_list_merges_its_writes_over_unflushed_ones(duro_app_factory: Make) -> None:
+    async def main() -> None:
+        async with duro_app_factory(storage_limits=SMALL_CACHE) as app:
+            stub = app.namespace(Lister).get_by_name("t")
+            await stub.put_each(SIX)
+            got = await stub.txn_listings()
+        # Storage: k1 k3 k4 k5 k6 k9; the transaction deletes k1 k3 and adds k0 k45.
+        assert got == {
+            "all": ["k0", "k4", "k45", "k5", "k6", "k9"],
+            "limit": ["k0", "k4", "k45"],
+            "reverse": ["k9", "k6", "k5"],
+            "start_after": ["k4", "k45"],
+            "prefix": ["k4", "k45"],
+            "end": ["k4", "k0"],
+            "cleared": ["k7"],
+            "after_rollback": ["k1", "k3", "k4", "k5", "k6", "k9"],
+        }
 
     run(main())
 
@@ -362,35 +502,42 @@ def test_call_cycle_fails_fast(duro_app_factory: Make) -> None:
 
 class Slow(duro.DurableObject):
     gate: asyncio.Event | None = None
+    started: asyncio.Event | None = None
     activated: list[str] = []
 
     async def on_activate(self) -> None:
         Slow.activated.append("activate")
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # on_activate awaits something: calls must still wait for it
         Slow.activated.append("activated")
 
     async def wait(self) -> str:
         Slow.activated.append("call")
-        assert Slow.gate is not None
+        assert Slow.gate is not None and Slow.started is not None
+        Slow.started.set()
         await Slow.gate.wait()
         return "done"
 
 
 def test_on_activate_first_and_overload(duro_app_factory: Make) -> None:
     async def main() -> None:
-        Slow.gate = asyncio.Event()
+        Slow.gate, Slow.started = asyncio.Event(), asyncio.Event()
         Slow.activated = []
         async with duro_app_factory(max_queue=5) as app:
             stub = app.namespace(Slow).get_by_name("o")
-            calls = [asyncio.ensure_future(stub.wait()) for _ in range(10)]
-            await asyncio.sleep(0.2)
-            assert Slow.activated[:3] == ["activate", "activated", "call"]
-            overloaded = [c for c in calls if c.done()]
+            running = asyncio.ensure_future(stub.wait())
+            await asyncio.wait_for(Slow.started.wait(), 30)
+            assert Slow.activated == ["activate", "activated", "call"]
+            # The object is live and busy: each further call is queued, or refused at once,
+            # in its first step (it awaits nothing before that). All nine take that step in
+            # the same pass of the loop, before the first refusal is seen here.
+            more = [asyncio.ensure_future(stub.wait()) for _ in range(9)]
+            await asyncio.wait(more, return_when=asyncio.FIRST_COMPLETED)
+            overloaded = [c for c in more if c.done()]
             assert len(overloaded) == 4  # 1 running + 5 queued fit
             for c in overloaded:
                 assert isinstance(c.exception(), duro.Overloaded)
             Slow.gate.set()
-            done = await asyncio.gather(*(c for c in calls if c not in overloaded))
+            done = await asyncio.gather(running, *(c for c in more if c not in overloaded))
             assert done == ["done"] * 6
 
     run(main())
@@ -438,6 +585,129 @@ def test_alarm_fires_and_retries_with_backoff(duro_app_factory: Make,
             assert await stub.current() is None  # cleared after success
             await step(20)
             assert Alarmed.fired == [0, 1, 2]
+
+    run(main())
+
+
+class AlwaysFails(duro.DurableObject):
+    clock: duro.ManualClock | None = None
+    runs: list[tuple[int, float]] = []
+
+    async def arm(self, when: float) -> None:
+        self.storage.set_alarm(when)
+
+    async def alarm(self, info: duro.AlarmInfo) -> None:
+        assert AlwaysFails.clock is not None
+        AlwaysFails.runs.append((info.retry_count, AlwaysFails.clock.monotonic()))
+        raise RuntimeError(f"alarm broken (run {len(AlwaysFails.runs)})")
+
+    async def current(self) -> float | None:
+        return await self.storage.get_alarm()
+
+
+def test_failing_alarm_retries_are_bounded_and_logged(
+    duro_app_factory: Make, duro_clock: duro.ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    tick = 0.05
+
+    async def step(seconds: float) -> None:
+        for _ in range(round(seconds / tick)):
+            duro_clock.advance(tick)
+            for _ in range(6):  # the timer's turn and the next timer's start, before time moves
+                await asyncio.sleep(0)
+
+    async def main() -> None:
+        AlwaysFails.clock, AlwaysFails.runs = duro_clock, []
+        # The lease outlives the test (no renewal I/O while time is moved by hand); eviction
+        # after idle_timeout stays on, as in production: a pending retry must survive it.
+        async with duro_app_factory(lease_ttl=10_000.0, idle_timeout=60.0) as app:
+            cfg = app.config
+            stub = app.namespace(AlwaysFails).get_by_name("a")
+            await stub.arm(duro_clock.time() + 1)
+            longest = cfg.alarm_retry_base * 2 ** (cfg.alarm_max_retries - 1) * 1.25
+            await step(1 + sum(cfg.alarm_retry_base * 2**n * 1.25
+                               for n in range(cfg.alarm_max_retries)) + 2 * longest)
+            assert [r for r, _ in AlwaysFails.runs] == list(range(cfg.alarm_max_retries + 1))
+            times = [t for _, t in AlwaysFails.runs]
+            gaps = [b - a for a, b in itertools.pairwise(times)]
+            for n, gap in enumerate(gaps):  # base * 2**n, stretched by up to 25 % of jitter
+                backoff = cfg.alarm_retry_base * 2**n
+                assert backoff - 2 * tick <= gap <= backoff * 1.25 + 2 * tick, (n, gaps)
+            assert any(g - cfg.alarm_retry_base * 2**n > 3 * tick for n, g in enumerate(gaps)), (
+                f"no jitter in {gaps}")
+            assert await stub.current() is None  # cleared after the last retry
+        failures = [r for r in caplog.records
+                    if r.name.startswith("duro") and "alarm broken" in str(r.exc_info)]
+        assert len(failures) == cfg.alarm_max_retries + 1, [r.getMessage() for r in failures]
+        assert "giving up" in failures[-1].getMessage()
+
+    caplog.set_level("WARNING", logger="duro")
+    run(main())
+
+
+class MidTurn(duro.DurableObject):
+    go: asyncio.Event | None = None
+    reading: asyncio.Event | None = None
+
+    async def increment(self) -> int:
+        n = int(await self.storage.get("n", 0)) + 1
+        await self.storage.put("n", n)
+        return n
+
+    async def slow_read(self) -> int:
+        n = int(await self.storage.get("n", 0))  # a cache hit
+        assert MidTurn.go is not None and MidTurn.reading is not None
+        MidTurn.reading.set()
+        await MidTurn.go.wait()  # the lease runs out here, and another owner takes over
+        return n
+
+
+class PartitionedRenewals(ProxyBackend):
+    """Lease renewals hang while ``partitioned`` is set (a request lost in a partition)."""
+
+    def __init__(self, inner: Backend) -> None:
+        super().__init__(inner)
+        self.partitioned = threading.Event()
+        self.healed = threading.Event()
+
+    def renew(self, ref: ObjectRef, epoch: int, until: float) -> None:
+        if self.partitioned.is_set():
+            assert self.healed.wait(30), "the test never healed the partition"
+        super().renew(ref, epoch, until)
+
+    def close(self) -> None:
+        pass  # the other App shares the inner backend and closes it
+
+
+def test_lease_lost_mid_turn_answers_object_reset_not_a_stale_value(
+    duro_app_factory: Make, duro_backend_url: str, duro_clock: duro.ManualClock
+) -> None:
+    async def main() -> None:
+        MidTurn.go, MidTurn.reading = asyncio.Event(), asyncio.Event()
+        inner = open_backend(duro_backend_url)
+        a_backend = PartitionedRenewals(inner)
+        try:
+            async with duro_app_factory(backend=a_backend) as a, \
+                    duro_app_factory(backend=inner) as b:
+                cfg = a.config
+                on_a = a.namespace(MidTurn).get_by_name("m")
+                assert await on_a.increment() == 1
+                a_backend.partitioned.set()
+                turn = asyncio.ensure_future(on_a.slow_read())
+                await asyncio.wait_for(MidTurn.reading.wait(), 10)  # it has read n == 1
+                # A's lease runs out: its renewal hangs in the partition.
+                duro_clock.advance(cfg.lease_ttl + 2 * cfg.drift_margin)
+                # B acquires the object under a new epoch and moves it on.
+                assert await b.namespace(MidTurn).get_by_name("m").increment() == 2
+                MidTurn.go.set()  # A's turn ends with n == 1, which is no longer true
+                a_backend.healed.set()
+                with pytest.raises(duro.ObjectReset):
+                    stale = await asyncio.wait_for(turn, 30)
+                    pytest.fail(f"A answered {stale} after B took the object over")
+                assert await b.namespace(MidTurn).get_by_name("m").increment() == 3
+        finally:
+            a_backend.healed.set()
+            inner.close()
 
     run(main())
 
@@ -568,9 +838,16 @@ def test_call_timeout(duro_app_factory: Make, duro_clock: duro.ManualClock) -> N
         async with duro_app_factory(call_timeout=5.0, drain_timeout=0.2) as app:
             ns = app.namespace(Stuck)
             call = asyncio.ensure_future(ns.get_by_name("s").hang())
-            for _ in range(60):  # 6 s of manual time, in ticks the maintenance loop sees
+            # The maintenance tick sweeps deadlines, then polls alarms in backend I/O; its next
+            # sleep starts when that I/O returns, however far the clock moved meanwhile. So
+            # time moves until the call ends (a tick after its deadline), not for a fixed span.
+            for _ in range(3000):
+                if call.done():
+                    break
                 duro_clock.advance(0.1)
-                await asyncio.sleep(0.005)
+                await asyncio.wait([call], timeout=0.005)
+            assert call.done(), "the call never timed out"
+            assert duro_clock.monotonic() >= 5.0  # not before its deadline
             with pytest.raises(duro.CallTimeout, match="outcome is unknown"):
                 await call
             assert await ns.get_by_name("other").quick() == "fine"

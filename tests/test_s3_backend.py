@@ -142,7 +142,8 @@ def test_lower_epoch_batch_squeezed_in_before_the_fence_is_replayed(
     assert b._faults.pending == 0
     assert state(b, r) == {b"n": b"2"}  # A's acknowledged batch was replayed, not lost
     kinds = [(rec["kind"], rec["epoch"]) for _, rec in sorted(log_records(raw, prefix).items())]
-    assert kinds == [("fence", 1), ("batch", 1), ("batch", 1), ("fence", 2)]
+    # B lost slot 3 to A, then fenced the next window of two slots at once (see _fence)
+    assert kinds == [("fence", 1), ("batch", 1), ("batch", 1), ("fence", 2), ("fence", 2)]
     with pytest.raises(Fenced):
         a.commit(r, la.epoch, put("n", "3"))
     b.commit(r, lb.epoch, put("n", "4"))
@@ -530,3 +531,38 @@ def test_commit_renews_the_lease_in_parallel_and_reports_a_lost_lease(
     with pytest.raises(BackendUnavailable, match="batch landed but renewing the lease failed"):
         b.commit(r, lease.epoch, Batch(puts={b"k": b"3"}, lease_until=130.0))
     assert state(opened(make_url()), r) == {b"k": b"3"}
+
+
+# -- a new owner's fence racing the old owner's garbage collection (issue 20) ---------------------
+
+
+def test_fence_cannot_land_in_a_slot_the_old_owners_gc_deleted(
+        make_url: Any, opened: Any) -> None:
+    url = make_url(checkpoint_batches=1)  # A checkpoints (and collects) after every batch
+    a, b = opened(url), opened(url)
+    r = ref()
+    la = a.acquire(r, owner="A", address=None, now=100.0, until=110.0)
+    a.commit(r, la.epoch, put("a0", "0"))
+    a._drain()
+    acked = {b"a0": b"0"}
+
+    def a_commits(key: str) -> None:
+        a.commit(r, la.epoch, put(key, key))
+        a._drain()  # its checkpoint, and the deletion of older batch records, finished
+        acked[key.encode()] = key.encode()
+
+    # B's fence PUT at slot j finds A's batch there (412); while B reads slot j back, A
+    # commits again, checkpoints above j and (on the old code) deletes slot j.
+    b._faults.plan("hook", op="PutObject", key="/log/", hook=lambda: a_commits("a1"))
+    b._faults.plan("hook", op="GetObject", key="/log/", hook=lambda: a_commits("a2"))
+    lb = b.acquire(r, owner="B", address=None, now=111.0, until=130.0)
+    assert b._faults.pending == 0
+    # A, a zombie that never stops writing, must now be fenced: nothing it commits lands.
+    with pytest.raises(Fenced):
+        for i in range(3, 10):
+            a_commits(f"a{i}")
+    for i in range(5):
+        b.commit(r, lb.epoch, put(f"b{i}", str(i)))
+        acked[f"b{i}".encode()] = str(i).encode()
+    b._drain()
+    assert state(opened(url), r) == acked  # every acknowledged write of A and of B

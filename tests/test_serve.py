@@ -29,6 +29,7 @@ from duro.backends import ObjectRef, open_backend
 from duro.codec import decode
 from duro.fetch import Request, Response
 from duro.ids import id_from_name
+from duro.listener import start_public_listener, stop_public_listener
 from duro.server import configure
 from duro.testing import make_backend_url
 
@@ -124,14 +125,15 @@ class Served:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         assert line.startswith("duro serve: http://"), self.log.read_text()
-        self.address = line.split()[2].removeprefix("http://")
+        self.address = line.split()[2].removeprefix("http://")  # the public listener
+        self.cluster = line.split("cluster=")[1].split()[0]  # where peers forward (the lease)
         self.base = f"http://{self.address}"
 
     def probe(self) -> dict[str, Any]:
         r = httpx.get(f"{self.base}/Probe/name/{uuid.uuid4().hex}/", timeout=30)
         r.raise_for_status()
         data: dict[str, Any] = r.json()
-        assert data["address"] == self.address  # a fresh probe object activates locally
+        assert data["address"] == self.cluster  # a fresh probe object activates locally
         return data
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -193,7 +195,7 @@ def test_http_counter_forwarded_keeps_epoch(serve: Callable[..., Served], tmp_pa
     r = httpx.post(f"{a.base}/Counter/name/alice/increment?by=2", timeout=30)
     assert r.status_code == 200 and r.json() == {"n": 2}
     lease = lease_of(url, "Counter", "alice")
-    assert lease.address == a.address  # A owns alice
+    assert lease.address == a.cluster  # A owns alice
     with httpx.Client(base_url=b.base, timeout=30) as client:
         for i in range(1000):
             r = client.post("/Counter/name/alice/increment")
@@ -203,7 +205,7 @@ def test_http_counter_forwarded_keeps_epoch(serve: Callable[..., Served], tmp_pa
         oid = id_from_name("Counter", "alice")
         assert client.get(f"/Counter/id/{oid.hex}/").json() == {"n": 1002}
     after = lease_of(url, "Counter", "alice")
-    assert (after.epoch, after.owner, after.address) == (lease.epoch, lease.owner, a.address)
+    assert (after.epoch, after.owner, after.address) == (lease.epoch, lease.owner, a.cluster)
     assert b.probe()["live"]["Counter"] == 0  # B never activated alice
     assert a.probe()["stats"]["Counter"]["forwarded"] == 0
     assert b.probe()["stats"]["Counter"]["forwarded"] == 1002
@@ -250,7 +252,7 @@ def test_chat_two_processes_and_handover(serve: Callable[..., Served], tmp_path:
     async def scenario() -> None:
         ann = await connect(f"ws://{a.address}/ChatRoom/name/lobby/ws?user=ann")
         assert (await recv_json(ann))["type"] == "history"
-        assert lease_of(url, "ChatRoom", "lobby").address == a.address
+        assert lease_of(url, "ChatRoom", "lobby").address == a.cluster
         bob = await connect(f"ws://{b.address}/ChatRoom/name/lobby/ws?user=bob")  # proxied
         assert (await recv_json(bob, "history"))["messages"] == []
         assert (await recv_json(ann, "join"))["user"] == "ann"
@@ -281,7 +283,7 @@ def test_chat_two_processes_and_handover(serve: Callable[..., Served], tmp_path:
         bob2 = await connect(f"ws://{b.address}/ChatRoom/name/lobby/ws?user=bob")
         hist = await recv_json(bob2, "history")
         assert [m["text"] for m in hist["messages"]] == ["hi ann", "hi bob", "bye"]
-        assert lease_of(url, "ChatRoom", "lobby").address == b.address
+        assert lease_of(url, "ChatRoom", "lobby").address == b.cluster
         await bob2.close()
 
     asyncio.run(scenario())
@@ -331,7 +333,7 @@ def test_takeover_while_hibernating_closes_1012(serve: Callable[..., Served],
             # B takes the free room over; A's hibernated socket must not stay silently stale.
             r = httpx.get(f"{b.base}/ChatRoom/name/loft/messages", timeout=30)
             assert r.status_code == 200
-            assert lease_of(url, "ChatRoom", "loft").address == b.address
+            assert lease_of(url, "ChatRoom", "loft").address == b.cluster
             assert await closed_code(kim) == 1012
 
     asyncio.run(scenario())
@@ -354,14 +356,19 @@ def _run(coro_fn: Callable[[duro.App], Any], tmp_path: Path, **env: str) -> None
                     os.environ[k] = v
         app.url = make_backend_url("sqlite", tmp_path)
         async with app:
-            await coro_fn(app)
+            public, url = await start_public_listener(app._http, "127.0.0.1", 0)
+            app.public = url.removeprefix("http://")  # type: ignore[attr-defined]
+            try:
+                await coro_fn(app)
+            finally:
+                await stop_public_listener(public)
 
     asyncio.run(main())
 
 
 def test_routing_errors_limits_and_auth(tmp_path: Path) -> None:
     async def check(app: duro.App) -> None:
-        async with httpx.AsyncClient(base_url=f"http://{app.address}", timeout=30) as c:
+        async with httpx.AsyncClient(base_url=f"http://{app.public}", timeout=30) as c:
             assert (await c.get("/Nope/name/x/")).status_code == 404
             assert (await c.get("/Bare/name/x/")).status_code == 404  # no fetch()
             assert (await c.get("/Counter/")).status_code == 404
@@ -397,15 +404,15 @@ def test_routing_errors_limits_and_auth(tmp_path: Path) -> None:
             assert (r.status_code, r.text) == (401, "bad token")
             r = await c.get("/Gate/name/g/boom")
             assert r.status_code == 500 and "boom" not in r.text
-            # The internal forwarding endpoint shares the port.
-            assert (await c.get("/_duro/call")).status_code == 405
+            # The cluster endpoint is not on the public listener.
+            assert (await c.post("/_duro/call", content=b"x")).status_code == 404
 
     _run(check, tmp_path)
 
 
 def test_overload_answers_503_with_retry_after(tmp_path: Path) -> None:
     async def check(app: duro.App) -> None:
-        async with httpx.AsyncClient(base_url=f"http://{app.address}", timeout=30) as c:
+        async with httpx.AsyncClient(base_url=f"http://{app.public}", timeout=30) as c:
             first = asyncio.ensure_future(c.get("/Gate/name/busy/hold"))
             for _ in range(1000):  # until the first request holds the object
                 if "busy" in _HELD:
@@ -428,7 +435,7 @@ def test_overload_answers_503_with_retry_after(tmp_path: Path) -> None:
 
 def test_websocket_refusals(tmp_path: Path) -> None:
     async def check(app: duro.App) -> None:
-        base = f"ws://{app.address}"
+        base = f"ws://{app.public}"
         for path, status in (("/Nope/name/x/ws", 404), ("/Bare/name/x/ws", 404),
                              ("/ChatRoom/id/zz/ws", 400), ("/ChatRoom/name/x/other", 404),
                              ("/Counter/name/x/ws", 404)):
@@ -445,3 +452,50 @@ def test_websocket_refusals(tmp_path: Path) -> None:
             assert (await recv_json(ws, "error"))["type"] == "error"
 
     _run(check, tmp_path)
+
+
+# -- mounted in a host ASGI app ---------------------------------------------------------------
+
+
+def test_mounted_in_starlette_example(tmp_path: Path) -> None:
+    """examples/starlette_mount.py under uvicorn: root_path honoured, auth first, one public
+    port (the host's), the host's logs intact."""
+    url = make_backend_url("sqlite", tmp_path)
+    env = {**os.environ, "DURO_BACKEND": url}
+    env.pop("DURO_CLUSTER_SECRET", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "starlette_mount:app", "--app-dir", str(EXAMPLES),
+         "--port", "0", "--log-level", "info"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    assert proc.stderr is not None
+    seen: list[str] = []
+    try:
+        for line in proc.stderr:  # ends if the process dies
+            seen.append(line)
+            if "Uvicorn running on" in line:
+                break
+        base = seen[-1].split("running on ")[1].split()[0]
+        assert base.startswith("http://127.0.0.1:"), seen
+        auth = {"authorization": "Bearer demo"}
+        with httpx.Client(base_url=base, timeout=30) as c:
+            assert c.get("/").json()["objects"] == f"{base}/objects/"
+            r = c.post("/objects/Counter/name/m/increment", headers=auth)
+            assert r.status_code == 200 and r.json() == {"n": 1}
+            assert c.get("/objects/Counter/name/m/", headers=auth).json() == {"n": 1}
+            assert c.get("/objects/Counter/name/m/").status_code == 403
+            assert c.get("/objects/Nope/name/m/").status_code == 403  # reveals nothing
+            assert c.get("/objects/Nope/name/m/", headers=auth).status_code == 404
+            assert c.post("/_duro/call", content=b"x").status_code == 404
+            assert c.post("/objects/_duro/call", content=b"x").status_code == 404
+        lease = lease_of(url, "Counter", "m")
+        port = base.rsplit(":", 1)[1]
+        assert lease.address.startswith("127.0.0.1:") and not lease.address.endswith(f":{port}")
+    finally:
+        proc.terminate()
+        out, rest = proc.communicate(timeout=60)
+    log = "".join(seen) + rest + out
+    # The host's startup and access logs were not silenced by duro's own listener, which
+    # adds no lines of its own to them.
+    assert "Application startup complete" in log, log
+    assert log.count("Started server process") == 1, log
+    assert '"POST /objects/Counter/name/m/increment HTTP/1.1" 200' in log, log

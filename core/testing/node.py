@@ -1,7 +1,8 @@
 """A duro process driven by JSON lines, for multi-process tests and benchmarks.
 
-``python -m duro.testing.node BACKEND_URL [lease_ttl] [idle_timeout]`` runs an App with a
-``Counter`` namespace. It prints ``{"address": ...}`` once ready, then answers each command
+``python -m duro.testing.node BACKEND_URL [lease_ttl] [idle_timeout] [failover_wait]`` runs an
+App with a ``Counter`` namespace (calls wait up to *failover_wait*, default 30 s, for a dead
+owner's lease to end). It prints ``{"address": ...}`` once ready, then answers each command
 line with one JSON line:
 
 - ``{"id": n, "call": [ns, name, method, args]}`` → ``{"id": n, "ok": result}`` or
@@ -63,9 +64,11 @@ class Counter(duro.DurableObject):
 class Node:
     """Starts ``python -m duro.testing.node`` and drives it over stdin/stdout (thread-safe)."""
 
-    def __init__(self, url: str, ttl: float = 2.0, idle: float = 60.0) -> None:
+    def __init__(self, url: str, ttl: float = 2.0, idle: float = 60.0,
+                 failover_wait: float = 30.0) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "duro.testing.node", url, str(ttl), str(idle)],
+            [sys.executable, "-m", "duro.testing.node", url, str(ttl), str(idle),
+             str(failover_wait)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
         )
         assert self.proc.stdout is not None
@@ -75,6 +78,7 @@ class Node:
         self._ids = itertools.count()
         self._pending: dict[int, Future[Any]] = {}
         self._lock = threading.Lock()
+        self._dead = False
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -82,28 +86,35 @@ class Node:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             msg = json.loads(line)
-            with self._lock:
-                fut = self._pending.pop(msg["id"], None)
-            if fut is not None:
-                fut.set_result(msg)
+            self._answer(msg["id"], msg)
         with self._lock:  # the process died: its open calls never answer
-            for fut in self._pending.values():
-                fut.set_result({"err": ["Died", "process ended"]})
-            self._pending.clear()
+            self._dead = True
+            dead, self._pending = self._pending, {}
+        for fut in dead.values():
+            fut.set_result({"err": ["Died", "process ended"]})
+
+    def _answer(self, n: int, msg: dict[str, Any]) -> None:
+        """Complete call *n* with *msg*, unless something else already answered it."""
+        with self._lock:
+            fut = self._pending.pop(n, None)
+        if fut is not None:
+            fut.set_result(msg)
 
     def send(self, **cmd: Any) -> Future[Any]:
         n = next(self._ids)
         fut: Future[Any] = Future()
         with self._lock:
+            if self._dead:
+                fut.set_result({"err": ["NotSent", "process is dead"], "not_sent": True})
+                return fut
             self._pending[n] = fut
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write(json.dumps({"id": n, **cmd}) + "\n")
             self.proc.stdin.flush()
-        except BrokenPipeError:  # the process is dead: the call was never sent
-            with self._lock:
-                self._pending.pop(n, None)
-            fut.set_result({"err": ["NotSent", "process is dead"], "not_sent": True})
+        except (BrokenPipeError, ValueError):  # the process is dead: the call was never sent
+            # The reader thread may have seen the process end and answered "Died" already.
+            self._answer(n, {"err": ["NotSent", "process is dead"], "not_sent": True})
         return fut
 
     def call_async(self, name: str, method: str, *args: Any) -> Future[Any]:
@@ -138,8 +149,9 @@ async def main() -> None:
     url = sys.argv[1]
     ttl = float(sys.argv[2]) if len(sys.argv) > 2 else 2.0
     idle = float(sys.argv[3]) if len(sys.argv) > 3 else 60.0
+    wait = float(sys.argv[4]) if len(sys.argv) > 4 else 30.0
     app = duro.App(url, lease_ttl=ttl, drift_margin=min(0.5, ttl / 4), idle_timeout=idle,
-                   alarm_poll_interval=0.2, call_timeout=30.0)
+                   alarm_poll_interval=0.2, call_timeout=30.0, failover_wait=wait)
     await app.start()
     ns = app.namespace(Counter)
     out = sys.stdout

@@ -102,9 +102,10 @@ class PostgresCluster:
         """The cluster's data directory."""
         return self.directory / "data"
 
-    def url(self, database: str = "postgres") -> str:
-        """The SQLAlchemy/duro URL of *database* on this cluster (psycopg 3 driver)."""
-        return f"postgresql+psycopg://{_USER}@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str = "postgres", host: str = "127.0.0.1") -> str:
+        """The SQLAlchemy/duro URL of *database* on this cluster (psycopg 3 driver), reached
+        at *host* (one of the cluster's listen addresses)."""
+        return f"postgresql+psycopg://{_USER}@{host}:{self.port}/{database}"
 
     def _admin(self) -> Any:
         try:
@@ -265,8 +266,13 @@ def reap_orphans(bindir: Path, run_as: str | None) -> int:
     return n
 
 
-def start_postgres_cluster(*, max_connections: int = 300) -> PostgresCluster:
-    """Initialize and start a throwaway cluster in a new temporary directory."""
+def start_postgres_cluster(*, max_connections: int = 300, listen: tuple[str, ...] = (),
+                           trust: tuple[str, ...] = ()) -> PostgresCluster:
+    """Initialize and start a throwaway cluster in a new temporary directory.
+
+    It listens on 127.0.0.1 and the extra *listen* addresses, and lets clients from the *trust*
+    networks (CIDR, e.g. a test network's subnet) in without a password.
+    """
     bindir = find_postgres_bin()
     if bindir is None:
         raise PostgresMissing(f"PostgreSQL's initdb/pg_ctl were not found: {INSTALL_HINT}")
@@ -287,10 +293,14 @@ def start_postgres_cluster(*, max_connections: int = 300) -> PostgresCluster:
         )
         if done.returncode != 0:
             raise PostgresMissing(f"initdb failed: {done.stderr.strip() or done.stdout.strip()}")
+        if trust:
+            with (cluster.datadir / "pg_hba.conf").open("a", encoding="utf-8") as hba:
+                for network in trust:
+                    hba.write(f"host all all {network} trust\n")
         for _attempt in range(5):
             cluster.port = _free_port()
             options = (
-                f"-c listen_addresses=127.0.0.1 -p {cluster.port} "
+                f"-c listen_addresses={','.join(('127.0.0.1', *listen))} -p {cluster.port} "
                 f"-c unix_socket_directories={directory} -c max_connections={max_connections} "
                 "-c shared_buffers=64MB"
             )

@@ -24,6 +24,7 @@ from duro.consistency.run_cli import check_command
 from duro.consistency.runner import overlap, run_check
 from duro.consistency.target import KV
 from duro.consistency.workloads import random_program
+from duro.listener import start_public_listener, stop_public_listener
 from duro.server import configure
 from duro.testing import make_backend_url
 
@@ -44,9 +45,16 @@ def test_kv_fetch_maps_requests_to_the_ops(tmp_path: Path) -> None:
     async def scenario() -> None:
         app = App(make_backend_url("sqlite", tmp_path), env={"server": "here"})
         app.namespace(KV)
-        configure(app)
-        async with app, httpx.AsyncClient(base_url=f"http://{app.address}/KV/name/o",
-                                          timeout=30) as c:
+        server = configure(app)
+        async with app:
+            public, url = await start_public_listener(server, "127.0.0.1", 0)
+            try:
+                await run(url)
+            finally:
+                await stop_public_listener(public)
+
+    async def run(url: str) -> None:
+        async with httpx.AsyncClient(base_url=f"{url}/KV/name/o", timeout=30) as c:
             async def op(name: str, **body: Any) -> Any:
                 r = await c.post(f"/{name}", json=body)
                 assert r.status_code == 200, r.text
@@ -143,3 +151,28 @@ def test_http_mode_needs_a_shared_backend(capsys: pytest.CaptureFixture[str]) ->
     assert check_command("memory://", mode="http", histories=1, console=Console(record=True),
                          progress=False) == 2
     assert "shared between processes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scheme", ["sqlite", "lmdb"])
+def test_relative_url_opens_the_callers_file(scheme: str, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative URL names a path under the caller's cwd, not under the servers' temp dir."""
+    monkeypatch.chdir(tmp_path)
+    url = f"{scheme}:///data/x.db" if scheme == "sqlite" else f"{scheme}:///data/x.lmdb"
+    summary = run_check(url, seed=43_000, ops=60, histories=1, mode="http", faults="none",
+                        progress=False)
+    assert summary.verdict == "ok", summary.explanation
+    assert (tmp_path / "data").is_dir()
+
+
+def test_absolute_url() -> None:
+    from duro.consistency.http_mode import absolute_url
+
+    here = Path("/srv/app")
+    assert absolute_url("sqlite:///data/x.db?sync=off", here) == \
+        "sqlite:////srv/app/data/x.db?sync=off"
+    assert absolute_url("sqlite:////abs/x.db", here) == "sqlite:////abs/x.db"
+    assert absolute_url("lmdb:///d", here) == "lmdb:////srv/app/d"
+    assert absolute_url("sqlite+pysqlite:///x.db", here) == "sqlite+pysqlite:////srv/app/x.db"
+    for other in ("memory://", "s3://bucket/prefix?region=x", "postgresql+psycopg://u@h/db"):
+        assert absolute_url(other, here) == other

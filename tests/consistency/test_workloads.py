@@ -154,3 +154,109 @@ def test_free_running_in_process(duro_backend_url: str, duro_backend_name: str,
     assert summary.histories == n
     assert summary.median_overlap >= 2
     assert summary.hung == 0 and summary.unknowns == 0
+
+
+def test_default_run_replays_byte_for_byte(request: pytest.FixtureRequest,
+                                           duro_backend_url: str, duro_backend_name: str,
+                                           tmp_path: Path) -> None:
+    """Every history shape of the default run (large key set, many objects, small keys), with
+    its small cache, evictions, faults and reopen: the same seed writes the same file."""
+    if duro_backend_name == "s3":
+        pytest.skip("moto is slow: replay is checked on memory, sqlite and lmdb")
+
+    def once(seed: int, sub: str) -> bytes:
+        url = fresh_url(request, duro_backend_name, tmp_path / sub)
+        out = tmp_path / f"{sub}.jsonl"
+        summary = run_check(url, seed=seed, histories=1, mode="deterministic",
+                            history_out=out, progress=False, probes=False)
+        assert summary.verdict == "ok", summary.explanation
+        assert summary.faults["evict"] > 0
+        return out.read_bytes()
+
+    shapes = []
+    for seed in (500, 501, 502):  # one of each shape
+        first, second = once(seed, f"{seed}a"), once(seed, f"{seed}b")
+        assert first == second
+        assert len(first.splitlines()) > 300
+        shapes.append(first)
+    assert len(set(shapes)) == 3
+
+
+def test_rich_programs_cover_every_op_shape() -> None:
+    from duro.consistency.workloads import ALARM_KEY, BIG_PREFIX
+    from duro.ids import id_from_string
+
+    ops = [o for seed in range(4) for c in random_program(
+        seed, objects=2, clients=4, ops=400, rich=True, big=300).clients for o in c.ops]
+    lists = [o.arg for o in ops if o.f == "list"]
+    shapes = {tuple(sorted(k for k, v in b.items() if v is not None)) for b in lists}
+    assert len(shapes) >= 7
+    for bound in ("start", "start_after", "end", "prefix", "reverse", "limit"):
+        assert any(bound in b for b in lists), bound
+    assert any(o.f == "txn" and isinstance(o.arg, list) and all(m[0] == "r" for m in o.arg)
+               for o in ops)  # get_many
+    assert {o.f for o in ops if o.key == ALARM_KEY} == {"get", "put", "delete"}
+    fills = [o for o in ops if o.f == "txn" and isinstance(o.arg, list) and len(o.arg) > 256]
+    assert fills and all(m[1].startswith(BIG_PREFIX) for m in fills[0].arg)
+    assert max(o.pad for o in ops) >= 1000
+    small = random_program(1, objects=2, clients=4, ops=2000, rich=True)
+    assert any(o.f == "txn" and isinstance(o.arg, dict) for c in small.clients for o in c.ops)
+    many = random_program(1, objects=2, clients=2, ops=100, rich=True, shared_ids=6)
+    raw = [o.removeprefix("id:") for o in many.objects if o.startswith("id:")]
+    assert len(raw) == 6 and len({r[:44] for r in raw}) == 1 and len(set(raw)) == 6
+    for r in raw:
+        id_from_string("KV", r)  # minted by the namespace
+
+
+def test_default_shapes_reach_every_backend_method_and_argument(tmp_path: Path) -> None:
+    """What the default run makes the backend do, logged below the runtime."""
+    from duro.backends._proxy import ProxyBackend
+    from duro.backends.base import UNCHANGED, Batch, ObjectRef
+    from duro.consistency.runner import history_shape
+
+    seen: set[str] = set()
+
+    class Log(ProxyBackend):
+        def get_many(self, ref: ObjectRef, keys: object) -> dict[bytes, bytes]:
+            seen.add("get_many" + ("+" if len(keys) > 1 else ""))  # type: ignore[arg-type]
+            return super().get_many(ref, keys)  # type: ignore[arg-type]
+
+        def scan(self, ref: ObjectRef, lo: bytes | None, hi: bytes | None, *,
+                 reverse: bool = False, limit: int | None = None) -> list[tuple[bytes, bytes]]:
+            seen.update({"scan"} | ({"scan-reverse"} if reverse else set())
+                        | ({"scan-limit"} if limit is not None and limit < 256 else set())
+                        | ({"scan-bounded"} if lo is not None and hi is not None else set()))
+            rows = super().scan(ref, lo, hi, reverse=reverse, limit=limit)
+            if len(rows) > 256:
+                seen.add("scan-large")
+            return rows
+
+        def commit(self, ref: ObjectRef, epoch: int, batch: Batch) -> None:
+            seen.update({"commit"} | ({"delete_all"} if batch.delete_all else set())
+                        | ({"alarm"} if batch.alarm is not UNCHANGED else set())
+                        | ({"big-batch"} if len(batch.puts) > 256 else set())
+                        | ({"big-value"} if any(len(v) > 1000 for v in batch.puts.values())
+                           else set()))
+            super().commit(ref, epoch, batch)
+
+        def get_alarm(self, ref: ObjectRef) -> float | None:
+            seen.add("get_alarm")
+            return super().get_alarm(ref)
+
+    url = make_backend_url("sqlite", tmp_path) + "?sync=off"
+    for seed in range(8):
+        shape = history_shape(seed, 2, 4)
+        backend = open_backend(url)
+        try:
+            prog = random_program(seed, objects=shape.objects, clients=shape.clients, ops=200,
+                                  processes=2, prefix=f"s{seed}-", rich=True, big=shape.big,
+                                  shared_ids=shape.shared_ids)
+            run = run_deterministic(prog, backend, RandomChooser(seed), processes=2,
+                                    faults=FAULTS, seed=seed, limits=shape.limits, evict=True,
+                                    wrap=Log, reopen=lambda: open_backend(url))
+        finally:
+            backend.close()
+        assert check_history(run.history).ok
+    assert seen >= {"get_many", "get_many+", "scan", "scan-reverse", "scan-limit",
+                    "scan-bounded", "scan-large", "commit", "delete_all", "alarm",
+                    "big-batch", "big-value", "get_alarm"}, seen

@@ -1,0 +1,409 @@
+"""Mode ``cluster``: ``duro serve`` on several hosts (network namespaces), with a nemesis.
+
+:class:`~duro.testing.netns.HostNetwork` puts each host in its own network namespace on a
+bridge; each runs ``duro serve`` of the consistency target app on a shared PostgreSQL that
+listens on the bridge's storage address. The clients run in this process, outside the hosts,
+and send every op over HTTP to the hosts in turn (see :mod:`duro.consistency.http_mode`, whose
+request mapping and outcome rules this mode shares). A nemesis, on a schedule drawn from the
+seed, injects one fault at a time and heals it:
+
+- ``storage``: a host can no longer reach the database (both directions dropped);
+- ``peers``: a host and the other hosts can no longer reach each other;
+- ``split``: a minority host is cut from the majority and from storage;
+- ``oneway``: a host drops what it receives from its peers, but still sends;
+- ``kill``: ``kill -9`` of a host's server, restarted when the fault heals;
+- ``pause``: ``SIGSTOP`` of a host's server past its lease, then ``SIGCONT``;
+- added latency and packet loss when the kernel has ``sch_netem`` (reported otherwise).
+
+Each fault lasts longer than a lease, so ownership moves while it holds. The history is checked
+by the usual checker, and one more property is measured directly: once a host is cut from
+storage, no op that *it ran itself* may be answered later than one lease after the cut (its
+last renewal was sent before the cut, so its lease has run out by then, and the output gate
+must hold everything). Such answers are counted as ``stale_answers`` and must be 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+
+from duro.backends import Backend, ObjectRef, open_backend
+from duro.consistency.checker import CheckResult, check_history
+from duro.consistency.faults import bound_infos
+from duro.consistency.freerun import final_reads
+from duro.consistency.history import History, Recorder
+from duro.consistency.http_mode import APP_TARGET, _caller, _Traffic
+from duro.consistency.mutants import get_mutant
+from duro.consistency.target import NAMESPACE
+from duro.consistency.workloads import ClientPlan, Program, random_program, run_client
+from duro.errors import ConfigError
+from duro.ids import id_from_name
+from duro.testing.netns import Host, HostNetwork, available, reap_stale
+
+__all__ = ["FAULTS", "ClusterRunResult", "run_cluster"]
+
+FAULTS: Final = ("storage", "peers", "split", "oneway", "kill", "pause")
+LEASE_TTL: Final = 2.0
+PORT: Final = 8000
+REQUEST_TIMEOUT: Final = 8.0
+
+
+@dataclass
+class ClusterRunResult:
+    """What a cluster run did and found."""
+
+    history: History
+    check: CheckResult
+    hosts: int
+    injected: dict[str, int]
+    stale_answers: int
+    """Ops a host ran and answered more than one lease after it was cut from storage."""
+    probes: int
+    """Reads sent to hosts cut from storage, once a lease had passed."""
+    requests: int
+    forwarded: int
+    statuses: dict[str, int] = field(default_factory=dict)
+    netem: bool = False
+
+
+class _HostServer:
+    """``duro serve`` inside one host's namespace (duck-typed like the http mode's servers)."""
+
+    def __init__(self, host: Host, url: str, workdir: Path, mutant: str | None) -> None:
+        self.host = host
+        self.mutant = mutant
+        self.tag = host.name
+        self.url = url
+        self.workdir = workdir
+        self.address = f"{host.address}:{PORT}"
+        self.cluster = ""  # its cluster listener, the address its leases record
+        self.alive = False
+        self.paused = False
+        self.reaped_at: int | None = None
+        self.proc: subprocess.Popen[str] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.address}"
+
+    def start(self) -> None:
+        env = {**os.environ, "DURO_CHECK_URL": self.url, "DURO_CHECK_SERVER": self.tag,
+               "DURO_CHECK_LEASE_TTL": str(LEASE_TTL), "DURO_CHECK_MUTANT": self.mutant or "",
+               # Instances stay resident, so a cut owner still holds a cache it could misuse.
+               "DURO_CHECK_IDLE": "60"}
+        log = (self.workdir / f"serve-{self.tag}.log").open("a", encoding="utf-8")
+        self.proc = subprocess.Popen(
+            self.host.exec(sys.executable, "-m", "duro.serve_cli", APP_TARGET, "--host",
+                           self.host.address, "--port", str(PORT)),
+            stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True, env=env,
+            cwd=self.workdir)
+        log.close()
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], 60)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line.startswith("duro serve: http://"):
+            self.kill()
+            tail = (self.workdir / f"serve-{self.tag}.log").read_text(errors="replace")[-2000:]
+            raise ConfigError(f"duro serve did not start on {self.tag}:\n{tail}")
+        self.cluster = next((f.removeprefix("cluster=") for f in line.split()
+                             if f.startswith("cluster=")), "")
+        self.alive = True
+
+    def kill(self) -> None:
+        self.alive = False
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self.reaped_at = time.monotonic_ns()
+
+    def pause(self, on: bool) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP if on else signal.SIGCONT)
+        self.paused = on
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.alive = False
+        self.reaped_at = time.monotonic_ns()
+
+
+class _Watch(_Traffic):
+    """Counts traffic, and answers a host ran itself after its lease must have run out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cut_at: dict[str, float] = {}  # host tag -> monotonic time it lost storage
+        self.stale = 0
+        self.probes = 0
+
+    def answered(self, sent_to: str, ran_on: str) -> None:
+        super().answered(sent_to, ran_on)
+        cut = self.cut_at.get(ran_on)
+        if cut is not None and time.monotonic() > cut + LEASE_TTL:
+            self.stale += 1
+
+
+def _busiest(backend: Backend, program: Program, servers: list[_HostServer],
+             rng: random.Random) -> _HostServer:
+    """The live server that owns the most objects now (ties and no owner: a seeded pick)."""
+    owned: Counter[str] = Counter()
+    for name in program.objects:
+        lease = backend.read_lease(ObjectRef(NAMESPACE, id_from_name(NAMESPACE, name).hex))
+        if lease is not None and lease.address is not None:
+            owned[lease.address] += 1
+    live = [s for s in servers if s.alive and not s.paused]
+    if not live:
+        return rng.choice(servers)
+    return max(rng.sample(live, len(live)), key=lambda s: owned[s.cluster])
+
+
+async def _probe(victim: _HostServer, program: Program, http: httpx.AsyncClient, watch: _Watch,
+                 done: asyncio.Event) -> None:
+    """Once a lease has passed since *victim* lost storage, keep reading every object through
+    it: whatever it answers having run the read itself is an answer after its lease."""
+    await asyncio.sleep(LEASE_TTL)
+    key = program.keys()[0]
+    while not done.is_set():
+        for name in program.objects:
+            with contextlib.suppress(httpx.HTTPError):
+                r = await http.post(f"{victim.base}/{NAMESPACE}/name/{name}/get",
+                                    json={"key": key}, timeout=1.0)
+                watch.probes += 1
+                if r.status_code == 200:
+                    watch.answered(victim.tag, r.json()["server"])
+        await asyncio.sleep(0.2)
+
+
+async def _nemesis(net: HostNetwork, servers: list[_HostServer], rng: random.Random,
+                   faults: tuple[str, ...], done: asyncio.Event, watch: _Watch,
+                   injected: Counter[str], backend: Backend, program: Program,
+                   http: httpx.AsyncClient) -> None:
+    """One fault at a time, each held past a lease, then healed; until *done*. The kinds come
+    in seeded rounds that each hold every kind once, so a run of n rounds covers them all."""
+    order: list[str] = []
+    while not done.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), rng.uniform(0.5, 1.5))
+            return
+        if not order:
+            order = rng.sample(faults, len(faults))
+        kind = order.pop()
+        # Faults hit an owner: a host without objects shows nothing.
+        victim = await asyncio.to_thread(_busiest, backend, program, servers, rng)
+        injected[kind] += 1
+        probing = None
+        if kind in ("storage", "split"):
+            # Clients route around it first, as a health check would, and its last writes
+            # settle: a cut owner then holds a clean cache, the one a stale answer would use.
+            victim.alive = False
+            await asyncio.sleep(0.5)
+            if kind == "storage":
+                net.isolate_from_storage(victim.host)
+            else:
+                net.split([victim.host])
+            watch.cut_at[victim.tag] = time.monotonic()
+            probing = asyncio.ensure_future(_probe(victim, program, http, watch, done))
+        elif kind == "peers":
+            net.isolate_from_peers(victim.host)
+        elif kind == "oneway":
+            for other in net.hosts:
+                if other is not victim.host:
+                    net.drop(victim.host, other.address, outgoing=False)
+        elif kind == "kill":
+            victim.kill()
+        elif kind == "pause":
+            victim.pause(True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), rng.uniform(1.5 * LEASE_TTL, 3 * LEASE_TTL))
+        if probing is not None:
+            probing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probing
+            victim.alive = True
+        net.heal()
+        watch.cut_at.clear()
+        if kind == "kill":
+            await asyncio.to_thread(victim.start)
+        elif kind == "pause":
+            victim.pause(False)
+
+
+def run_cluster(*, storage: str = "postgres", seed: int = 0, ops: int = 300, objects: int = 3,
+                clients: int = 6, hosts: int = 3, duration: float = 30.0,
+                faults: tuple[str, ...] = FAULTS, mutant: str | None = None) -> ClusterRunResult:
+    """Run a seeded workload for about *duration* seconds against *hosts* ``duro serve`` hosts
+    on shared *storage* (``postgres``, or ``s3`` on a moto server), with faults.
+
+    Needs root (network namespaces), and PostgreSQL's binaries or moto; raises ``ConfigError``
+    when something is missing. *mutant* (a name from :mod:`duro.consistency.mutants`) breaks
+    the served runtime, to show that the run catches it.
+    """
+    get_mutant(mutant)  # ValueError for an unknown name, before anything starts
+    why = available()
+    if why is not None:
+        raise ConfigError(f"the cluster mode cannot run here: {why}")
+    unknown = set(faults) - set(FAULTS)
+    if unknown or not faults:
+        raise ConfigError(f"cluster faults must be some of {', '.join(FAULTS)}")
+    if storage not in ("postgres", "s3"):
+        raise ConfigError(f"the cluster mode runs on postgres or s3, not {storage!r}")
+    reap_stale()
+    with HostNetwork(hosts) as net, tempfile.TemporaryDirectory(prefix="duro-cluster-") as d, \
+            _storage(storage, net) as url:
+        return _run(net, url, Path(d), seed=seed, ops=ops, objects=objects, clients=clients,
+                    duration=duration, faults=faults, mutant=mutant)
+
+
+@contextlib.contextmanager
+def _storage(kind: str, net: HostNetwork) -> Iterator[str]:
+    """A fresh store listening on the network's storage address; yields its backend URL."""
+    if kind == "s3":
+        from duro.testing.moto_server import start_moto_server
+
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+        server = start_moto_server(host=net.storage_address, port=0)
+        try:
+            server.create_bucket("duro-cluster")
+            yield f"s3://duro-cluster/run?endpoint_url={server.endpoint}&region=us-east-1"
+        finally:
+            server.stop()
+        return
+    from duro.testing.pg_cluster import PostgresMissing, start_postgres_cluster
+
+    subnet = net.storage_address.rsplit(".", 1)[0]
+    try:
+        pg = start_postgres_cluster(listen=(net.storage_address,), trust=(f"{subnet}.0/24",))
+    except PostgresMissing as exc:
+        raise ConfigError(f"the cluster mode needs PostgreSQL: {exc}") from exc
+    with pg:
+        yield pg.new_database().replace("@127.0.0.1:", f"@{net.storage_address}:")
+
+
+def _run(net: HostNetwork, url: str, workdir: Path, *, seed: int, ops: int, objects: int,
+         clients: int, duration: float, faults: tuple[str, ...],
+         mutant: str | None) -> ClusterRunResult:
+    program = random_program(seed, objects=objects, clients=clients, ops=ops)
+    servers = [_HostServer(h, url, workdir, mutant) for h in net.hosts]
+    rec = Recorder()
+    watch = _Watch()
+    injected: Counter[str] = Counter()
+    pace = duration * clients / max(1, ops)  # seconds between one client's ops
+    backend = open_backend(url)
+    try:
+        end = _drive(net, servers, program, rec, watch, injected, backend, seed=seed,
+                     pace=pace, faults=faults)
+        asyncio.run(final_reads(backend, program, rec, lambda t, o, e: None))
+    finally:
+        backend.close()
+    hist = bound_infos(rec.history(), [], end=end)
+    return ClusterRunResult(hist, check_history(hist), len(servers), dict(injected),
+                            watch.stale, watch.probes, watch.requests, watch.forwarded,
+                            dict(watch.statuses), net.netem)
+
+
+def _drive(net: HostNetwork, servers: list[_HostServer], program: Program, rec: Recorder,
+           watch: _Watch, injected: Counter[str], backend: Backend, *, seed: int, pace: float,
+           faults: tuple[str, ...]) -> int:
+    """Start the servers, run the clients against the nemesis, stop; the end time (ns)."""
+    try:
+        for s in servers:
+            s.start()
+
+        async def main() -> None:
+            transport = httpx.AsyncHTTPTransport(local_address=net.client_address)
+            async with httpx.AsyncClient(transport=transport, timeout=REQUEST_TIMEOUT) as http:
+                done = asyncio.Event()
+                chaos = asyncio.ensure_future(_nemesis(
+                    net, servers, random.Random(seed), faults, done, watch, injected, backend,
+                    program, http))
+
+                def paced(plan: ClientPlan) -> Any:
+                    call = _caller(plan, servers, http, watch)  # type: ignore[arg-type]
+                    jitter = random.Random(seed * 1_000 + plan.client)
+
+                    async def paced_call(obj: str, method: str, args: tuple[Any, ...]) -> Any:
+                        await asyncio.sleep(jitter.uniform(0, 2 * pace))
+                        return await call(obj, method, args)
+
+                    return paced_call
+
+                try:
+                    await asyncio.gather(*(
+                        run_client(p, paced(p), rec, id_from_name(NAMESPACE, p.object).hex,
+                                   new_process=rec.new_process) for p in program.clients))
+                finally:
+                    done.set()
+                    await chaos
+
+        asyncio.run(main())
+    finally:
+        net.heal()
+        for s in servers:
+            s.stop()
+    return time.monotonic_ns()
+
+
+def describe(result: ClusterRunResult) -> str:
+    """The figures of a run, one line each."""
+    faults = ", ".join(f"{k} {v}" for k, v in sorted(result.injected.items())) or "none"
+    return "\n".join([
+        f"cluster: {result.hosts} hosts, {len(result.history.ops())} ops checked, "
+        f"verdict {result.check.verdict}, {len(result.check.anomalies)} anomalies",
+        f"faults injected: {faults}",
+        f"netem (latency, loss): {'yes' if result.netem else 'not in this kernel; drops only'}",
+        f"answers by a host after its lease ran out while cut from storage: "
+        f"{result.stale_answers} (of {result.probes} probe reads sent to cut hosts)",
+        f"requests answered {result.requests} ({result.forwarded} forwarded); other outcomes "
+        f"{dict(sorted(result.statuses.items()))}",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m duro.consistency.cluster_mode [--seed N] [--ops N] [--thorough]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m duro.consistency.cluster_mode")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ops", type=int, default=300)
+    parser.add_argument("--storage", choices=("postgres", "s3"), default="postgres")
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--thorough", action="store_true",
+                        help="5 seeds of 1,000 ops over 120 s each")
+    args = parser.parse_args(argv)
+    runs = ([(args.seed + i, 1000, 120.0) for i in range(5)] if args.thorough
+            else [(args.seed, args.ops, args.seconds)])
+    bad = 0
+    for seed, n, seconds in runs:
+        result = run_cluster(storage=args.storage, seed=seed, ops=n, duration=seconds)
+        print(f"seed {seed}:\n{describe(result)}", flush=True)
+        bad += result.check.verdict != "ok" or result.stale_answers > 0
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

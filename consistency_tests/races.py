@@ -1,0 +1,162 @@
+"""Ownership races as faults: a zombie owner that never stops writing, and clock skew.
+
+* :func:`zombie_race` (backend level): owner A commits in a thread, never stopping on its own,
+  while B takes the object over (A's lease has run out by B's clock) and commits 5 keys. Every
+  acknowledged write of A and B must survive, and A must be fenced. On S3 this races B's fence
+  against A's appends and garbage collection (issue 20).
+* :func:`skew_race` (App level): two Apps whose wall clocks differ by more than the drift
+  margin; B's clock runs ahead, so B takes over while A still believes its lease valid.
+
+Both are bounded (trials times at most *bound* writes) and return a :class:`RaceReport`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from duro.backends import Backend, Batch, ObjectRef, open_backend
+from duro.errors import Fenced
+
+__all__ = ["RaceReport", "skew_race", "zombie_race"]
+
+B_WRITES: Final = 5
+
+
+@dataclass
+class RaceReport:
+    """Outcome of a race fault over several trials."""
+
+    trials: int = 0
+    failures: list[str] = field(default_factory=list)
+    late_acks: list[int] = field(default_factory=list)
+    """Per trial: commits of A acknowledged after B's takeover returned (only one may be)."""
+
+
+def _drain(backend: Backend) -> None:
+    drain = getattr(backend, "_drain", None)  # S3: wait for background checkpoints and GC
+    if drain is not None:
+        drain()
+
+
+def _zombie_trial(url: str, a: Backend, b: Backend, ref: ObjectRef, bound: int,
+                  report: RaceReport) -> None:
+    la = a.acquire(ref, owner="A", address=None, now=100.0, until=110.0)
+    acked: dict[bytes, bytes] = {}
+    started = threading.Event()
+    outcome: list[BaseException] = []
+
+    def zombie() -> None:
+        try:
+            for i in range(bound):
+                key = b"a%04d" % i
+                a.commit(ref, la.epoch, Batch(puts={key: key}))
+                acked[key] = key
+                if i == 2:
+                    started.set()
+        except BaseException as exc:
+            outcome.append(exc)
+        finally:
+            started.set()
+
+    t = threading.Thread(target=zombie, name="duro-zombie-owner")
+    t.start()
+    started.wait()
+    try:
+        lb = b.acquire(ref, owner="B", address=None, now=111.0, until=130.0)
+        before = len(acked)
+        for i in range(B_WRITES):
+            key = b"b%d" % i
+            b.commit(ref, lb.epoch, Batch(puts={key: key}))
+            acked[key] = key
+    finally:
+        t.join()
+    _drain(a)
+    _drain(b)
+    report.late_acks.append(sum(1 for k in list(acked)[before:] if k.startswith(b"a")))
+    fresh = open_backend(url)
+    try:
+        stored = dict(fresh.scan(ref, None, None))
+    finally:
+        fresh.close()
+    lost = sorted(k.decode() for k in acked if stored.get(k) != acked[k])
+    if not outcome or not isinstance(outcome[0], Fenced):
+        report.failures.append(f"{ref.id[:8]}: the old owner was never fenced ({outcome!r:.80})")
+    if lost:
+        report.failures.append(f"{ref.id[:8]}: lost acknowledged writes {lost}")
+
+
+def zombie_race(url: str, *, trials: int = 50, bound: int = 400,
+                namespace: str = "ZombieRace") -> RaceReport:
+    """Run the zombie-owner race *trials* times on fresh objects of the backend at *url*."""
+    report = RaceReport()
+    a, b = open_backend(url), open_backend(url)
+    try:
+        for n in range(trials):
+            _zombie_trial(url, a, b, ObjectRef(namespace, f"{n + 1:064x}"), bound, report)
+            report.trials += 1
+    finally:
+        a.close()
+        b.close()
+    return report
+
+
+async def _skew_trial(url: str, name: str, skew: float, bound: int,
+                      report: RaceReport) -> None:
+    import duro
+    from duro.clock import ManualClock
+
+    class RaceKeys(duro.DurableObject):
+        async def put(self, key: str, value: int) -> None:
+            self.storage.put(key, value)
+
+        async def items(self) -> dict[str, Any]:
+            return dict(await self.storage.list())
+
+    def app(clock: ManualClock) -> duro.App:
+        return duro.App(url, clock=clock, listen=None, lease_ttl=10.0, drift_margin=1.0)
+
+    clock_a = ManualClock()
+    acked: dict[str, int] = {}
+    async with app(clock_a) as app_a, app(ManualClock(start=clock_a.time() + skew)) as app_b:
+        a = app_a.namespace(RaceKeys).get_by_name(name)
+        await a.put("a0000", 0)
+        acked["a0000"] = 0
+        running = asyncio.Event()
+
+        async def zombie() -> str:
+            for i in range(1, bound):
+                try:
+                    await a.put(f"a{i:04d}", i)
+                except duro.ObjectReset:
+                    return "reset"
+                acked[f"a{i:04d}"] = i
+                running.set()
+            return "never fenced"
+
+        task = asyncio.ensure_future(zombie())
+        await running.wait()
+        b = app_b.namespace(RaceKeys).get_by_name(name)
+        for i in range(B_WRITES):
+            await b.put(f"b{i}", i)
+            acked[f"b{i}"] = i
+        outcome = await task
+    async with app(ManualClock(start=clock_a.time() + 2 * skew)) as fresh:
+        stored = await fresh.namespace(RaceKeys).get_by_name(name).items()
+    lost = sorted(k for k, v in acked.items() if stored.get(k) != v)
+    if outcome != "reset":
+        report.failures.append(f"{name}: the old owner was {outcome}")
+    if lost:
+        report.failures.append(f"{name}: lost acknowledged writes {lost}")
+
+
+def skew_race(url: str, *, trials: int = 10, skew: float = 1000.0,
+              bound: int = 400) -> RaceReport:
+    """Run the clock-skew race *trials* times; B's clock is *skew* seconds ahead of A's."""
+    report = RaceReport()
+    for n in range(trials):
+        asyncio.run(_skew_trial(url, f"skew{n}", skew, bound, report))
+        report.trials += 1
+    return report

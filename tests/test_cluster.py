@@ -1,0 +1,76 @@
+"""Faults that real clusters see: hosts in network namespaces, partitions, kills and pauses.
+
+Three hosts, each a network namespace on a bridge running ``duro serve``, share PostgreSQL (or
+S3 on a moto server) at the bridge's storage address; clients outside the hosts call objects
+over HTTP through every host while a seeded nemesis partitions hosts from storage and from each
+other (both ways and one way), kills and pauses them (:mod:`duro.consistency.cluster_mode`).
+Every history goes through the linearizability checker, and a host cut from storage must not
+answer anything it ran itself once its lease has run out.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+
+import pytest
+
+from duro.consistency.cluster_mode import FAULTS, ClusterRunResult, describe, run_cluster
+from duro.testing.netns import HostNetwork, available
+from duro.testing.pg_cluster import find_postgres_bin
+
+REASON = available()
+if REASON is None and find_postgres_bin() is None:
+    REASON = "PostgreSQL's binaries are not installed"
+if REASON is not None and os.environ.get("CI") == "true":
+    raise RuntimeError(f"CI must run the cluster tests, but: {REASON}")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(REASON is not None, reason=str(REASON))]
+
+
+def _reach(net: HostNetwork, src_host: int, dst: str) -> bool:
+    """Can host *src_host* open a TCP connection to *dst*:1 (refused counts as reached)?"""
+    code = ("import socket,sys\n"
+            "s=socket.socket();s.settimeout(1)\n"
+            f"try:\n s.connect(({dst!r},1))\nexcept ConnectionRefusedError:\n sys.exit(0)\n"
+            "except OSError:\n sys.exit(1)\n")
+    import sys
+    done = subprocess.run(net.hosts[src_host].exec(sys.executable, "-c", code), timeout=30)
+    return done.returncode == 0
+
+
+def test_partitions_drop_what_they_say() -> None:
+    with HostNetwork(3) as net:
+        a, b = net.hosts[0], net.hosts[1]
+        assert _reach(net, 0, b.address) and _reach(net, 1, a.address)
+        net.drop(a, b.address, outgoing=False)  # one way: a no longer hears b
+        assert not _reach(net, 1, a.address)  # b's SYN never arrives
+        net.heal()
+        assert _reach(net, 1, a.address)
+        net.isolate_from_storage(a)
+        assert not _reach(net, 0, net.storage_address)
+        assert _reach(net, 1, net.storage_address)
+        net.heal()
+        net.split([net.hosts[2]])
+        assert not _reach(net, 2, a.address) and not _reach(net, 0, net.hosts[2].address)
+        assert not _reach(net, 2, net.storage_address) and _reach(net, 0, b.address)
+
+
+def _check(result: ClusterRunResult, figure: Callable[[str], None], label: str) -> None:
+    figure(f"{label}: " + describe(result).replace("\n", "; "))
+    assert result.check.verdict == "ok", result.check.anomalies[:1]
+    assert result.stale_answers == 0
+    assert set(result.injected) == set(FAULTS), result.injected
+    assert result.requests > 100
+
+
+def test_cluster_on_postgres_stays_linearizable_under_partitions(
+        report_figure: Callable[[str], None]) -> None:
+    result = run_cluster(storage="postgres", seed=1, ops=400, duration=60)
+    _check(result, report_figure, "cluster postgres")
+
+
+def test_cluster_on_s3_stays_linearizable_under_partitions(
+        report_figure: Callable[[str], None]) -> None:
+    result = run_cluster(storage="s3", seed=2, ops=300, duration=60)
+    _check(result, report_figure, "cluster s3")
