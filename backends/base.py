@@ -67,6 +67,10 @@ class ObjectRef:
     id: str
 
 
+MIGRATE_OWNER_PREFIX: Final = "duro-migrate:"
+"""Lease owners of objects that ``duro migrate`` holds or sealed (``duro-migrate:<run>``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Lease:
     """An object's ownership record. ``owner is None`` means nobody holds it."""

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.markup import escape
 from rich.table import Table
 
 from duro.bench.report import Report, Result
+from duro.console import table as new_table
 
 __all__ = ["CompareRow", "compare_reports", "compare_table"]
 
@@ -84,17 +86,16 @@ def _speed(x: float | None) -> str:
 
 
 def compare_table(rows: list[CompareRow], a_name: str = "A", b_name: str = "B") -> Table:
-    """A rich table of *rows*."""
-    table = Table(title=f"{b_name} vs {a_name} (speedup = B ops/s / A ops/s)")
-    for name in ("workload", "backend", "clients", "objects", "value",
-                 "A ops/s", "B ops/s", "speedup", "A ratio", "B ratio", "A p99 ms",
-                 "B p99 ms", "p99 B/A"):
-        table.add_column(name, justify="left" if name in ("workload", "backend") else "right")
+    """A rich table of *rows* (cells fold, never cut)."""
+    names = ("workload", "backend", "clients", "objects", "value", "A ops/s", "B ops/s",
+             "speedup", "A ratio", "B ratio", "A p99 ms", "B p99 ms", "p99 B/A")
+    table = new_table(*names, title=f"{escape(b_name)} vs {escape(a_name)} "
+                      "(speedup = B ops/s / A ops/s)", right=names[2:])
     for r in rows:
         table.add_row(
-            r.workload, r.backend, str(r.clients), str(r.objects), str(r.value_size),
-            _num(r.a_ops_per_s, ",.0f"), _num(r.b_ops_per_s, ",.0f"), _speed(r.speedup),
-            _num(r.a_ratio, ".2f"), _num(r.b_ratio, ".2f"), _num(r.a_p99_ms, ".3f"),
-            _num(r.b_p99_ms, ".3f"), _num(r.p99_ratio, ".2f"),
+            escape(r.workload), escape(r.backend), str(r.clients), str(r.objects),
+            str(r.value_size), _num(r.a_ops_per_s, ",.0f"), _num(r.b_ops_per_s, ",.0f"),
+            _speed(r.speedup), _num(r.a_ratio, ".2f"), _num(r.b_ratio, ".2f"),
+            _num(r.a_p99_ms, ".3f"), _num(r.b_p99_ms, ".3f"), _num(r.p99_ratio, ".2f"),
         )
     return table

@@ -26,9 +26,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from rich.markup import escape
 from rich.table import Table
 
 from duro.bench.hdr import Histogram
+from duro.console import table as new_table
 
 __all__ = [
     "REQUIRED_RESULT_FIELDS",
@@ -333,38 +335,37 @@ def _fmt_ms(x: float | None) -> str:
 
 
 def results_table(report: Report, title: str = "duro bench") -> Table:
-    """A rich table of every result row."""
-    table = Table(title=title)
-    for name, justify in (("workload", "left"), ("backend", "left"), ("clients", "right"),
-                          ("objects", "right"), ("value", "right"), ("ops/s", "right"),
-                          ("p50 ms", "right"), ("p99 ms", "right"), ("baseline", "left"),
-                          ("base ops/s", "right"), ("ratio", "right")):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    """A rich table of every result row (cells fold, never cut)."""
+    table = new_table("workload", "backend", "clients", "objects", "value", "ops/s", "p50 ms",
+                      "p99 ms", "baseline", "base ops/s", "ratio", title=title,
+                      right=("clients", "objects", "value", "ops/s", "p50 ms", "p99 ms",
+                             "base ops/s", "ratio"))
     for r in report.results:
         if r.error:
-            table.add_row(r.workload, r.backend, str(r.clients), str(r.objects),
-                          str(r.value_size), "[red]error[/red]", "", "", r.baseline or "", "",
-                          f"[red]{r.error[:60]}[/red]")
+            table.add_row(escape(r.workload), escape(r.backend), str(r.clients),
+                          str(r.objects), str(r.value_size), "[red]error[/red]", "", "",
+                          escape(r.baseline or ""), "", f"[red]{escape(r.error)}[/red]")
             continue
         ratio = "-" if r.ratio is None else f"{r.ratio:.2f}x"
         table.add_row(
-            r.workload, r.backend, str(r.clients), str(r.objects), str(r.value_size),
-            _fmt_rate(r.ops_per_s), _fmt_ms(r.p50_ms), _fmt_ms(r.p99_ms), r.baseline or "-",
-            _fmt_rate(r.baseline_ops_per_s), ratio,
+            escape(r.workload), escape(r.backend), str(r.clients), str(r.objects),
+            str(r.value_size), _fmt_rate(r.ops_per_s), _fmt_ms(r.p50_ms), _fmt_ms(r.p99_ms),
+            escape(r.baseline or "-"), _fmt_rate(r.baseline_ops_per_s), ratio,
         )
     return table
 
 
 def targets_table(report: Report) -> Table:
     """A rich table of the target rows, each saying met or MISSED."""
-    table = Table(title="targets (ratio = duro ops/s / baseline ops/s)")
-    for name in ("target", "metric", "measured", "needed", "verdict"):
-        table.add_column(name)
+    table = new_table("target", "metric", "measured", "needed", "verdict",
+                      title="targets (ratio = duro ops/s / baseline ops/s)",
+                      right=("measured",))
     for t in report.targets:
         value = "-" if t.value is None else f"{t.value:,.2f}"
         colour = {"met": "green", "MISSED": "red"}.get(t.verdict, "yellow")
         verdict = f"[{colour}]{t.verdict}[/{colour}]"
         if t.note:
-            verdict += f" ({t.note})"
-        table.add_row(t.description, t.metric, value, f"{t.comparison} {t.threshold:g}", verdict)
+            verdict += f" ({escape(t.note)})"
+        table.add_row(escape(t.description), escape(t.metric), value,
+                      f"{t.comparison} {t.threshold:g}", verdict)
     return table

@@ -25,7 +25,7 @@ from duro.errors import (
 )
 from duro.fetch import Request, Response
 from duro.ids import ObjectId
-from duro.namespace import Namespace, ObjectSummary, Stub
+from duro.namespace import Namespace, ObjectSummary, Stub, StubOf
 from duro.objects import AlarmInfo, Context, DurableObject
 from duro.stats import ObjectStats
 from duro.storage import StorageLimits, Transaction
@@ -61,6 +61,7 @@ __all__ = [
     "Response",
     "StorageLimits",
     "Stub",
+    "StubOf",
     "SystemClock",
     "Transaction",
     "UnsupportedValue",

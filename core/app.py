@@ -9,7 +9,8 @@ import os
 import secrets
 import uuid
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from duro.backends.base import Backend, LeaseHeld, ObjectRef
@@ -17,7 +18,7 @@ from duro.backends.registry import open_backend
 from duro.clock import Clock, SystemClock
 from duro.cluster_auth import check_secret, derive_key
 from duro.committer import Committer
-from duro.config import resolve_backend_url
+from duro.config import anchor, resolve_backend
 from duro.deadlines import Deadlines
 from duro.errors import ConfigError, DuroError, ObjectReset
 from duro.instance import Chain
@@ -107,8 +108,11 @@ class App:
     """Hosts durable objects on one backend; use as ``async with duro.App(...) as app``.
 
     *backend* is a URL (or an open :class:`~duro.backends.Backend`); without it the URL comes
-    from ``DURO_BACKEND``, ``./duro.toml``, ``[tool.duro]`` in ``./pyproject.toml``, or the
-    embedded default ``sqlite:///.duro/duro.db``. *listen* (``"127.0.0.1:0"`` by default; ``None``
+    from ``DURO_BACKEND``, the nearest ``duro.toml`` or ``[tool.duro]`` in ``pyproject.toml``
+    (current directory, then its parents), or the embedded default ``sqlite:///.duro/duro.db``
+    (see :mod:`duro.config`); ``app.url_source`` says which. The tunables of :class:`AppConfig`
+    (``lease_ttl``, ``call_timeout``, ``unsafe``…) are keyword arguments (unset ones keep their
+    defaults), or pass a whole ``config=``. *listen* (``"127.0.0.1:0"`` by default; ``None``
     to disable) is the cluster listener, where other processes sharing the backend forward
     calls for objects this process owns (authenticated; not the public HTTP surface, and not
     opened for a backend no other process can share, such as ``memory://``); *advertise*
@@ -126,20 +130,39 @@ class App:
         clock: Clock | None = None,
         env: Any = None,
         config: AppConfig | None = None,
-        **options: Any,
+        lease_ttl: float | None = None,
+        drift_margin: float | None = None,
+        idle_timeout: float | None = None,
+        max_queue: int | None = None,
+        call_timeout: float | None = None,
+        drain_timeout: float | None = None,
+        alarm_poll_interval: float | None = None,
+        alarm_retry_base: float | None = None,
+        alarm_max_retries: int | None = None,
+        io_threads: int | None = None,
+        forward_connections: int | None = None,
+        forward_queue: int | None = None,
+        forward_wait: float | None = None,
+        shed_load: bool | None = None,
+        failover_wait: float | None = None,
+        storage_limits: StorageLimits | None = None,
+        cluster_secret: str | None = None,
+        cluster_max_body_bytes: int | None = None,
+        unsafe: frozenset[str] | None = None,
     ) -> None:
+        given = locals()
+        options = {f.name: given[f.name] for f in fields(AppConfig)
+                   if given.get(f.name) is not None}
         if isinstance(backend, Backend):
             self._backend_obj: Backend | None = backend
-            self.url = backend.url.raw
+            self._url, self.url_source = backend.url.raw, "an open Backend"
         else:
             self._backend_obj = None
-            self.url = resolve_backend_url(backend)
-        try:
-            self.config = AppConfig(**options) if config is None else config
-        except TypeError as exc:
-            raise ConfigError(f"unknown App option: {exc}") from None
+            resolved = resolve_backend(backend)
+            self._url, self.url_source = resolved.url, resolved.source
         if options and config is not None:
             raise ConfigError("pass either config= or individual options, not both")
+        self.config = AppConfig(**options) if config is None else config
         self.clock: Clock = clock or SystemClock()
         self.env = env
         self.owner_id = uuid.uuid4().hex
@@ -162,6 +185,21 @@ class App:
         self.committer = Committer(self)
         self._http: Any = None  # a duro.server.Server when serving HTTP (duro serve)
 
+    @property
+    def url(self) -> str:
+        """The backend URL (setting it, as ``duro serve --backend`` does, makes its source
+        ``"argument"``)."""
+        return self._url
+
+    @url.setter
+    def url(self, value: str) -> None:
+        self._url, self.url_source = value, "argument"
+
+    @property
+    def backend_description(self) -> str:
+        """``URL (from SOURCE)`` with a file path made absolute, for banners and logs."""
+        return f"{anchor(self._url, Path.cwd())} (from {self.url_source})"
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def __aenter__(self) -> App:
@@ -183,6 +221,8 @@ class App:
             if self._backend_obj is not None:
                 self._backend = self._backend_obj
             else:
+                log.info("duro: backend %s", self.backend_description,
+                         extra={"event": "backend", "url": self._url, "source": self.url_source})
                 self._backend = await self.io(open_backend, self.url)
             if self.listen is not None and self._backend.multi_process:
                 from duro.transport import Transport

@@ -44,6 +44,7 @@ __all__ = [
     "DumpError",
     "DumpObject",
     "ImportStats",
+    "check_header",
     "export_lines",
     "import_dump",
     "parse_dump",
@@ -174,6 +175,35 @@ def _unb64(text: object, lineno: int, what: str) -> bytes:
         raise _err(lineno, f"{what} is not valid base64 ({exc})") from exc
 
 
+def _check_header(doc: dict[str, Any], lineno: int) -> None:
+    if doc.get("t") != "duro-dump":
+        raise _err(lineno, "not a duro dump (the first line must be its header)")
+    version = doc.get("version")
+    storage = doc.get("storage_format")
+    if not isinstance(version, int) or not isinstance(storage, int):
+        raise _err(lineno, "the header lacks an integer version and storage_format")
+    if version > DUMP_VERSION:
+        raise _err(lineno, f"dump format {version} is newer than this duro reads "
+                           f"({DUMP_VERSION}): upgrade duro (pip install -U duro)")
+    if storage > FORMAT_VERSION:
+        raise _err(lineno, f"the dump holds storage format {storage}, newer than this "
+                           f"duro's {FORMAT_VERSION}: upgrade duro (pip install -U duro)")
+
+
+def check_header(line: str) -> None:
+    """Raise :class:`DumpError` unless *line* is a dump header this duro reads (checked before
+    anything is opened or created)."""
+    if not line:
+        raise DumpError("the dump is empty (no header line)")
+    try:
+        doc = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise _err(1, f"not valid JSON ({exc.msg}): not a duro dump") from exc
+    if not isinstance(doc, dict):
+        raise _err(1, "not a duro dump (the first line must be its header)")
+    _check_header(doc, 1)
+
+
 def parse_dump(lines: Iterable[str | bytes]) -> Iterator[DumpObject]:
     """Check and parse a dump, yielding each object once its ``end`` line has verified it.
 
@@ -202,18 +232,7 @@ def parse_dump(lines: Iterable[str | bytes]) -> Iterator[DumpObject]:
             raise _err(lineno, "expected a JSON object with a \"t\" (type) field")
         kind = doc["t"]
         if not header_seen:
-            if kind != "duro-dump":
-                raise _err(lineno, "not a duro dump (the first line must be its header)")
-            version = doc.get("version")
-            storage = doc.get("storage_format")
-            if not isinstance(version, int) or not isinstance(storage, int):
-                raise _err(lineno, "the header lacks an integer version and storage_format")
-            if version > DUMP_VERSION:
-                raise _err(lineno, f"dump format {version} is newer than this duro reads "
-                                   f"({DUMP_VERSION}): upgrade duro (pip install -U duro)")
-            if storage > FORMAT_VERSION:
-                raise _err(lineno, f"the dump holds storage format {storage}, newer than this "
-                                   f"duro's {FORMAT_VERSION}: upgrade duro (pip install -U duro)")
+            _check_header(doc, lineno)
             header_seen = True
             continue
         if kind == "object":
@@ -346,13 +365,17 @@ def import_dump(
     return stats
 
 
-def dump_to(backend: Backend, out: IO[str], namespaces: Iterable[str] | None = None) -> int:
-    """Write the dump of *backend* to *out*; return the number of objects."""
+def dump_to(backend: Backend, out: IO[str], namespaces: Iterable[str] | None = None, *,
+            on_object: Callable[[DumpObject], None] | None = None) -> int:
+    """Write the dump of *backend* to *out*; return the number of objects (*on_object* is
+    called after each, e.g. for a progress bar)."""
     n = 0
 
-    def count(_obj: DumpObject) -> None:
+    def count(obj: DumpObject) -> None:
         nonlocal n
         n += 1
+        if on_object is not None:
+            on_object(obj)
 
     for line in export_lines(backend, namespaces, on_object=count):
         out.write(line)

@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from duro.backends.base import Batch, CommitOp, Lease, ObjectRef, ReleaseOp
 from duro.calls import decode_args, encode_result, pack_error
-from duro.errors import DuroError, ObjectReset, Overloaded
+from duro.errors import DuroError, Fenced, ObjectReset, Overloaded
 from duro.objects import AlarmInfo, Context, DurableObject, _instantiate
 from duro.stats import ObjectStats
 from duro.storage import Storage
+
+log = logging.getLogger("duro.instance")
 
 if TYPE_CHECKING:
     from duro.app import App
@@ -131,7 +133,14 @@ class Instance:
             await self.block_concurrency_while(self.obj.on_activate())
         finally:
             current_call.reset(token)
+        log.debug("duro: activated %s %s", self.ns.name, self.oid.name or self.oid.hex,
+                  extra=self._event("activation"))
         self._schedule_alarm(self.storage._alarm)
+
+    def _event(self, event: str, **fields: Any) -> dict[str, Any]:
+        """``extra=`` fields of a structured log event about this object."""
+        return {"event": event, "namespace": self.ns.name, "object_id": self.oid.hex,
+                "object_name": self.oid.name, **fields}
 
     @property
     def accepting(self) -> bool:
@@ -160,6 +169,11 @@ class Instance:
             return
         self._broken = exc
         self.stats.resets += 1
+        fenced = isinstance(exc, Fenced)
+        self.stats.fenced += fenced
+        log.warning("duro: %s %s %s: %s", self.ns.name, self.oid.name or self.oid.hex,
+                    "fenced (another owner took over)" if fenced else "reset", exc,
+                    extra=self._event("fencing" if fenced else "reset", reason=str(exc)))
         self.storage.break_(exc)
         err = exc if isinstance(exc, ObjectReset) else ObjectReset(f"object was reset: {exc}")
         for fut, _ in self._lease_waiters:
@@ -513,6 +527,7 @@ class Instance:
             await self.obj.alarm(AlarmInfo(retry_count=ev.retry))
         except Exception as exc:
             failure = exc
+            self.stats.alarm_failures += 1
         finally:
             current_call.reset(token)
             self._alarm_running = None
@@ -526,7 +541,9 @@ class Instance:
         if failure is None or ev.retry >= cfg.alarm_max_retries:
             if failure is not None:
                 log.error("%s failed on its last retry (%d); giving up: the alarm is cleared",
-                          what, ev.retry, exc_info=failure)
+                          what, ev.retry, exc_info=failure,
+                          extra=self._event("alarm_failure", retry_count=ev.retry,
+                                            will_retry=False))
             self._alarm_retry = 0
             self.storage.delete_alarm()  # cleared only after success (at-least-once)
             return
@@ -535,6 +552,7 @@ class Instance:
         backoff = cfg.alarm_retry_base * (2 ** ev.retry)
         delay = backoff * (1 + random.uniform(0, 0.25))
         log.warning("%s failed (run %d of at most %d); retrying in %.1f s", what, ev.retry + 1,
-                    cfg.alarm_max_retries + 1, delay, exc_info=failure)
+                    cfg.alarm_max_retries + 1, delay, exc_info=failure,
+                    extra=self._event("alarm_failure", retry_count=ev.retry, will_retry=True))
         self._schedule_alarm(scheduled, delay=delay)
 

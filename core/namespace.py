@@ -8,9 +8,9 @@ import inspect
 import math
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Final, Generic, TypeVar, cast
 
-from duro.backends.base import AcquireOp, LeaseHeld, ObjectRef
+from duro.backends.base import MIGRATE_OWNER_PREFIX, AcquireOp, LeaseHeld, ObjectRef
 from duro.calls import encode_args, unpack
 from duro.errors import (
     BackendUnavailable,
@@ -28,9 +28,15 @@ from duro.stats import ObjectStats
 if TYPE_CHECKING:
     from duro.app import App
 
-__all__ = ["Namespace", "ObjectSummary", "Stub"]
+__all__ = ["Namespace", "ObjectSummary", "Stub", "StubOf"]
 
 T = TypeVar("T", bound=DurableObject)
+
+StubOf = Annotated[T, "a duro.Stub"]
+"""What :meth:`Namespace.get` returns, as type checkers see it: the object class itself, so
+mypy and pyright check method names, argument types and awaited result types of stub calls
+(``await stub.increment("two")`` is an error). At run time it is a :class:`Stub`, which takes
+only public ``async def`` methods; hooks, ``storage`` and ``ctx`` are not reachable through it."""
 HOOKS: Final = frozenset({"on_activate", "alarm", "fetch", "websocket_message", "websocket_close"})
 MAX_HOPS: Final = 4
 MAX_NAMESPACE_BYTES: Final = 200
@@ -179,13 +185,17 @@ class Namespace(Generic[T]):
             )
         return oid
 
-    def get(self, oid: ObjectId | str) -> Stub:
-        """A stub for the object *oid* (no I/O: the object activates on the first call)."""
-        return self._stub_cls(self, self._check_id(oid))
+    def get(self, oid: ObjectId | str) -> StubOf[T]:
+        """A :class:`Stub` for the object *oid* (no I/O: the object activates on the first call).
 
-    def get_by_name(self, name: str) -> Stub:
+        Type checkers see it as the object class (:data:`StubOf`), so a misspelled method or a
+        wrong argument type is caught before it runs.
+        """
+        return cast(T, self._stub_cls(self, self._check_id(oid)))
+
+    def get_by_name(self, name: str) -> StubOf[T]:
         """``get(id_from_name(name))``."""
-        return self._stub_cls(self, self.id_from_name(name))
+        return cast(T, self._stub_cls(self, self.id_from_name(name)))
 
     # -- registry -------------------------------------------------------------------------------
 
@@ -371,6 +381,12 @@ class Namespace(Generic[T]):
                 break
             except LeaseHeld as held:
                 cur = held.lease
+                if cur.owner and cur.owner.startswith(MIGRATE_OWNER_PREFIX):
+                    raise BackendUnavailable(
+                        f"{self.name} {oid.name or oid.hex[:12]} is sealed by `duro migrate` "
+                        f"(lease {cur.owner}): this store was migrated; point the app at the "
+                        "new store, or run `duro unseal --backend URL` to write here again"
+                    ) from None
                 if cur.address and cur.address != app.address and app.address is not None:
                     raise Elsewhere(cur.address, cur.until) from None
                 # Nobody to forward to: wait for the holder's lease to end.

@@ -46,6 +46,15 @@ class Context:
         """This object's storage."""
         return self._inst.storage
 
+    def now(self) -> float:
+        """The App's wall-clock time, in seconds since the epoch.
+
+        Read time here rather than from ``time.time()`` or ``datetime.now()``: it is the clock
+        that leases and alarms run on, so a test's manual clock (``duro_clock``) moves it, and
+        ``storage.set_alarm(self.ctx.now() + 60)`` fires after ``duro_clock.advance(60)``.
+        """
+        return self._inst.app.clock.time()
+
     async def block_concurrency_while(self, awaitable: Awaitable[T]) -> T:
         """Run *awaitable* while no other event is delivered to this object.
 

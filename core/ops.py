@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from duro.backends import Backend, BackendURL, Lease, LeaseHeld, ObjectInfo, ObjectRef, open_backend
+from duro.backends.base import MIGRATE_OWNER_PREFIX
 from duro.codec import decode
 from duro.errors import ConfigError, DuroError, InvalidObjectId
 from duro.ids import id_from_name
@@ -47,7 +48,6 @@ __all__ = [
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _PAGE = 500
-MIGRATE_OWNER_PREFIX = "duro-migrate:"
 """Lease owners written by ``duro migrate`` (a sealed source object is leased to one)."""
 
 

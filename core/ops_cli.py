@@ -18,9 +18,10 @@ verification), 2 usage or setup error (bad URL, newer storage format, missing dr
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,9 +32,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from duro.backends import Backend
-from duro.config import resolve_backend_url
-from duro.dump import DumpError, DumpObject, dump_to, import_dump
+from duro.backends import Backend, ObjectInfo
+from duro.config import resolve_backend
+from duro.console import err_console, out_console
+from duro.console import table as new_table
+from duro.dump import DumpError, DumpObject, ImportStats, check_header, dump_to, import_dump
 from duro.errors import DuroError
 from duro.migrate import MigrateError, migrate, unseal
 from duro.ops import (
@@ -48,11 +51,14 @@ from duro.ops import (
 __all__ = ["register"]
 
 EXIT_DATA, EXIT_USAGE = 1, 2
+WIDE_TABLE = 150
+"""Console width from which ``duro inspect NAMESPACE`` prints a table (IDs are 64 characters)."""
 
 BackendOpt = Annotated[
     str | None,
-    typer.Option("--backend", "-b", help="Backend URL (default: DURO_BACKEND, duro.toml, "
-                 "[tool.duro] in pyproject.toml, else sqlite:///.duro/duro.db)."),
+    typer.Option("--backend", "-b", help="Backend URL (default: DURO_BACKEND, else the nearest "
+                 "duro.toml or \\[tool.duro] in pyproject.toml here or in a parent folder, "
+                 "else sqlite:///.duro/duro.db)."),
 ]
 NamespacesOpt = Annotated[
     list[str] | None,
@@ -61,11 +67,11 @@ NamespacesOpt = Annotated[
 
 
 def _err() -> Console:
-    return Console(stderr=True)
+    return err_console()
 
 
 def _out() -> Console:
-    return Console(soft_wrap=True)
+    return out_console()
 
 
 @contextmanager
@@ -79,6 +85,14 @@ def _errors() -> Iterator[None]:
     except DuroError as exc:
         _err().print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(EXIT_USAGE) from None
+
+
+def _resolve(backend: str | None) -> str:
+    """The backend URL; says on stderr which file (or env, or default) chose it."""
+    resolved = resolve_backend(backend)
+    if resolved.source != "argument":
+        _err().print(f"[dim]backend: {escape(str(resolved))}[/dim]")
+    return resolved.url
 
 
 def _when(t: float | None) -> str:
@@ -101,14 +115,18 @@ def pretty(value: Any) -> str:
     return repr(value)
 
 
-def _clip(text: str, n: int = 200) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
+def _clip(text: str, n: int = 2000) -> str:
+    if len(text) <= n:
+        return text
+    return f"{text[:n]} [{len(text) - n:,} more characters: --json shows all]"
 
 
 def _print_detail(detail: ObjectDetail) -> None:
     info = detail.info
     out = _out()
     meta = Table.grid(padding=(0, 2))
+    meta.add_column(no_wrap=True)
+    meta.add_column(overflow="fold")
     meta.add_row("namespace", escape(info.ref.namespace))
     meta.add_row("id", info.ref.id)
     meta.add_row("name", escape(info.name) if info.name is not None else "-")
@@ -120,11 +138,7 @@ def _print_detail(detail: ObjectDetail) -> None:
                     f"{_when(info.lease_until)}" if live else "not held"))
     meta.add_row("last active", _when(info.last_active))
     out.print(meta)
-    table = Table(title=None, show_lines=False)
-    table.add_column("key", overflow="fold")
-    table.add_column("type")
-    table.add_column("bytes", justify="right")
-    table.add_column("value", overflow="fold")
+    table = new_table("key", "type", "bytes", "value", right=("bytes",))
     for row in detail.rows:
         if row.error is not None:
             table.add_row(escape(row.key), "[red]undecodable[/red]", str(len(row.raw)),
@@ -135,6 +149,25 @@ def _print_detail(detail: ObjectDetail) -> None:
     out.print(table)
     if detail.truncated:
         out.print(f"[yellow]… more keys: raise --limit (showing {len(detail.rows)})[/yellow]")
+
+
+def _print_objects(out: Console, namespace: str, infos: list[ObjectInfo]) -> None:
+    """A table of objects when the whole ID fits beside the rest, else one block per object;
+    either way every ID is printed whole on one line."""
+    cells = [(i.ref.id, escape(i.name or "-"), str(i.keys), f"{i.size:,}", _when(i.alarm),
+              str(i.epoch), escape(i.owner or "-"), _when(i.last_active)) for i in infos]
+    names = ("id", "name", "keys", "bytes", "alarm", "epoch", "owner", "last active")
+    if out.width >= WIDE_TABLE:
+        table = new_table(*names, title=escape(namespace), whole=("id",),
+                          right=("keys", "bytes", "epoch"))
+        for row in cells:
+            table.add_row(*row)
+        out.print(table)
+        return
+    out.print(f"[bold]{escape(namespace)}[/bold]: {len(cells)} object(s)")
+    for row in cells:
+        out.print(row[0], soft_wrap=True)
+        out.print("  " + "  ".join(f"{k} {v}" for k, v in zip(names[1:], row[1:], strict=True)))
 
 
 def inspect_cmd(
@@ -150,14 +183,15 @@ def inspect_cmd(
 ) -> None:
     """List namespaces and objects, or show one object. Read-only: takes no lease."""
     with _errors():
-        url = resolve_backend_url(backend)
+        url = _resolve(backend)
         with open_existing(url) as b:
             if namespace is None:
                 summaries = inspect_backend(b)
                 if as_json:
                     print(json.dumps([s.as_json() for s in summaries], indent=2))
                     return
-                table = Table("namespace", "objects", "keys", "bytes")
+                table = new_table("namespace", "objects", "keys", "bytes",
+                                  right=("objects", "keys", "bytes"))
                 for s in summaries:
                     table.add_row(escape(s.name), str(s.objects), str(s.keys), f"{s.size:,}")
                 _out().print(table)
@@ -170,13 +204,7 @@ def inspect_cmd(
                     print(json.dumps({"namespace": namespace, "truncated": more,
                                       "objects": [info_json(i) for i in infos]}, indent=2))
                     return
-                table = Table("id", "name", "keys", "bytes", "alarm", "epoch", "owner",
-                              "last active", title=escape(namespace))
-                for i in infos:
-                    table.add_row(i.ref.id[:16] + "…", escape(i.name or "-"), str(i.keys),
-                                  f"{i.size:,}", _when(i.alarm), str(i.epoch),
-                                  escape(i.owner or "-"), _when(i.last_active))
-                _out().print(table)
+                _print_objects(_out(), namespace, infos)
                 if more:
                     _out().print(f"[yellow]… more objects: raise --limit ({limit})[/yellow]")
                 return
@@ -195,14 +223,14 @@ def export_cmd(
 ) -> None:
     """Write every object (or those of --namespace) as a JSON-lines dump."""
     with _errors():
-        url = resolve_backend_url(backend)
-        with open_existing(url) as b:
+        url = _resolve(backend)
+        with open_existing(url) as b, _counting("exporting") as on_object:
             if output is None:
-                n = dump_to(b, sys.stdout, namespace)
+                n = dump_to(b, sys.stdout, namespace, on_object=on_object)
                 sys.stdout.flush()
             else:
                 with output.open("w", encoding="ascii") as f:
-                    n = dump_to(b, f, namespace)
+                    n = dump_to(b, f, namespace, on_object=on_object)
         _err().print(f"exported {n} object(s)")
 
 
@@ -217,21 +245,53 @@ def import_cmd(
 ) -> None:
     """Load a dump made by `duro export`; each object is replaced atomically."""
     with _errors():
-        target: Backend | None = None
+        stream = sys.stdin if input_ is None else input_.open("r", encoding="utf-8", newline="")
         try:
-            if not check:
-                target = open_existing_or_new(resolve_backend_url(backend))
-            if input_ is None:
-                stats = import_dump(target, sys.stdin, wait=wait)
-            else:
-                with input_.open("r", encoding="utf-8", newline="") as f:
-                    stats = import_dump(target, f, wait=wait)
+            first = stream.readline()
+            check_header(first)  # a bad header creates no file and opens nothing
+            target = None if check else open_existing_or_new(_resolve(backend))
+            try:
+                stats = _import_with_progress(target, itertools.chain([first], stream), wait)
+            finally:
+                if target is not None:
+                    target.close()
         finally:
-            if target is not None:
-                target.close()
+            if input_ is not None:
+                stream.close()
         verb = "checked" if check else "imported"
         _err().print(f"{verb} {stats.objects} object(s), {stats.keys} key(s), "
                      f"{stats.bytes:,} bytes")
+
+
+@contextmanager
+def _counting(what: str) -> Iterator[Callable[[DumpObject], None]]:
+    """A progress line on stderr (objects so far, elapsed); yields the per-object callback."""
+    progress = Progress(TextColumn(what), MofNCompleteColumn(), TextColumn("objects"),
+                        TimeElapsedColumn(), console=_err(), transient=True)
+    with progress:
+        task = progress.add_task(what, total=None)
+        yield lambda _obj: progress.update(task, advance=1)
+
+
+def _import_with_progress(target: Backend | None, lines: Iterable[str], wait: float
+                          ) -> ImportStats:
+    """Import with a progress line on stderr; on a bad line, say exactly what landed."""
+    landed: list[DumpObject] = []
+    with _counting("importing") as count:
+
+        def on_object(obj: DumpObject) -> None:
+            landed.append(obj)
+            count(obj)
+
+        try:
+            return import_dump(target, lines, wait=wait, on_object=on_object)
+        except DumpError as exc:
+            if target is None:
+                raise
+            last = (f"; the last was {landed[-1].namespace}/{landed[-1].id}" if landed else "")
+            raise DumpError(f"{exc}. Imported before it, each whole: {len(landed)} object(s)"
+                            f"{last}; nothing of the bad object. Fix the dump and import it "
+                            "again: every object is replaced, so that is safe.") from exc
 
 
 def open_existing_or_new(url: str) -> Backend:
@@ -278,7 +338,8 @@ def migrate_cmd(
                               "verified": result.verified, "waited_for_owner": result.waited,
                               "sealed": result.sealed, "seconds": round(result.seconds, 3)}))
             return
-        table = Table("namespace", "objects", title="duro migrate: done, verified")
+        table = new_table("namespace", "objects", title="duro migrate: done, verified",
+                          right=("objects",))
         for ns, n in sorted(result.namespaces.items()):
             table.add_row(escape(ns), str(n))
         out = _out()
@@ -295,7 +356,7 @@ def migrate_cmd(
 def unseal_cmd(backend: BackendOpt = None, namespace: NamespacesOpt = None) -> None:
     """Release the leases `duro migrate` left on the objects of a migrated source."""
     with _errors():
-        with open_existing(resolve_backend_url(backend)) as b:
+        with open_existing(_resolve(backend)) as b:
             n = unseal(b, namespaces=namespace)
         _err().print(f"released {n} sealed object(s)")
 

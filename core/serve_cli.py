@@ -90,8 +90,8 @@ async def serve(app: Any, *, host: str = "127.0.0.1", port: int = 8787,
         raise
     try:
         names = ", ".join(sorted(app._namespaces)) or "(none)"
-        line = (f"duro serve: {url} backend={app.url} cluster={app.address or '-'} "
-                f"namespaces={names}")
+        line = (f"duro serve: {url} backend={app.backend_description} "
+                f"cluster={app.address or '-'} namespaces={names}")
         print(line, flush=True)
         if ready is not None:
             ready(app)

@@ -21,7 +21,9 @@ class ObjectStats:
     max_batch: int = 0
     gate_waits: int = 0
     resets: int = 0
+    fenced: int = 0
     alarms: int = 0
+    alarm_failures: int = 0
     forwarded: int = 0
 
     def add(self, other: ObjectStats) -> None:

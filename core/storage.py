@@ -46,6 +46,10 @@ class StorageLimits:
     preload_keys: int = 256
 
 
+MILLISECONDS_FROM: Final = 1e11
+"""Alarm times at or past this (the year 5138 in seconds, 1973 in milliseconds) are refused."""
+
+
 def _alarm_time(when: object) -> float:
     if isinstance(when, _dt.datetime):
         if when.tzinfo is None:
@@ -53,6 +57,9 @@ def _alarm_time(when: object) -> float:
         return when.timestamp()
     if isinstance(when, bool) or not isinstance(when, int | float) or not math.isfinite(when):
         raise TypeError(f"set_alarm(): expected epoch seconds or an aware datetime, not {when!r}")
+    if when >= MILLISECONDS_FROM:
+        raise ValueError(f"set_alarm({when!r}): this looks like milliseconds; alarm times are "
+                         "seconds since the epoch (use self.ctx.now() + delay_in_seconds)")
     return float(when)
 
 
@@ -443,7 +450,9 @@ class Storage(_Reader):
         return self._wrote()
 
     def set_alarm(self, when: float | _dt.datetime) -> Durable:
-        """Set the object's alarm to *when* (epoch seconds or an aware datetime)."""
+        """Set the object's alarm to *when*: seconds since the epoch (a float, e.g.
+        ``self.ctx.now() + 60``) or an aware datetime. Values that look like milliseconds
+        (≥ 1e11) are a ``ValueError``."""
         t = _alarm_time(when)
         self._check_writable()
         self._alarm = t

@@ -358,6 +358,12 @@ def test_bad_dumps_fail_clearly_and_import_nothing_half(tmp_path: Path, damage: 
     assert f"dump line {expect_line}:" in res.stderr, res.stderr
     if damage.startswith("newer"):
         assert "upgrade duro" in res.stderr
+    if expect_line == 1:  # a bad header creates no file at all
+        assert list((tmp_path / "dst").iterdir()) == []
+        complete = 0
+    else:  # the error says exactly what landed
+        said = " ".join(res.stderr.split())
+        assert f"Imported before it, each whole: {complete} object(s)" in said, said
     state = _import_state(dst)
     assert len(state) == complete
     src_state = _import_state(make_backend_url("sqlite", tmp_path / "src"))
