@@ -40,10 +40,20 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from duro.consistency.history import Event, History, Operation
 from duro.consistency.models import Model, ObjectModel, RegisterModel, State, freeze
+from duro.consistency.results import (
+    _ILLEGAL,
+    _OK,
+    _UNKNOWN,
+    Anomaly,
+    CheckResult,
+    PartitionResult,
+    Verdict,
+    Witness,
+)
 from duro.keys import key_range
 
 __all__ = [
@@ -56,116 +66,7 @@ __all__ = [
     "check_ops",
 ]
 
-Verdict = Literal["ok", "anomaly", "unknown"]
 DEFAULT_BUDGET: Final = 1_000_000
-_OK: Final = "ok"
-_ILLEGAL: Final = "anomaly"
-_UNKNOWN: Final = "unknown"
-
-
-# ---------------------------------------------------------------------------------------------
-# result objects
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class Witness:
-    """A (shrunk) non-linearizable sub-history and what the search learnt about it."""
-
-    ops: list[Operation]
-    history: History
-    linearized: list[tuple[Operation, str]] = field(default_factory=list)
-    """Longest linearizable prefix found: each op with the state after it."""
-    state: str = ""
-    """The state after that prefix."""
-    frontier: list[tuple[Operation, str]] = field(default_factory=list)
-    """Ops that could come next, each with the model's complaint (or a note)."""
-
-    def timeline(self) -> str:
-        """The witness as an ASCII timeline (Porcupine style)."""
-        from duro.consistency.report import ascii_timeline
-
-        return ascii_timeline(self.ops, highlight={id(o) for o, _ in self.frontier})
-
-    def to_text(self) -> str:
-        """Timeline, op list and the frontier explanation."""
-        from duro.consistency.report import witness_text
-
-        return witness_text(self)
-
-
-@dataclass
-class Anomaly:
-    """One way the history is not linearizable."""
-
-    kind: str
-    """``garbage-read`` | ``aborted-read`` | ``future-read`` | ``not-linearizable``."""
-    object: str
-    keys: tuple[str, ...]
-    message: str
-    witness: Witness
-
-
-@dataclass
-class PartitionResult:
-    """Verdict on one partition (an object, or a key group within it)."""
-
-    object: str
-    keys: tuple[str, ...]
-    model: str
-    ops: int
-    verdict: Verdict
-    steps: int = 0
-    seconds: float = 0.0
-    anomaly: Anomaly | None = None
-
-
-@dataclass
-class CheckResult:
-    """The verdict on a whole history."""
-
-    verdict: Verdict
-    partitions: list[PartitionResult]
-    anomalies: list[Anomaly]
-    history: History
-    seconds: float
-    ops: int
-    objects: int
-
-    @property
-    def ok(self) -> bool:
-        """True iff every partition is linearizable."""
-        return self.verdict == _OK
-
-    @property
-    def witness(self) -> Witness | None:
-        """The first anomaly's witness."""
-        return self.anomalies[0].witness if self.anomalies else None
-
-    def unknown(self) -> list[PartitionResult]:
-        """Partitions whose search ran out of budget."""
-        return [p for p in self.partitions if p.verdict == _UNKNOWN]
-
-    def summary(self) -> str:
-        """One line: verdict, ops, objects, partitions, time."""
-        n = len(self.partitions)
-        bad = sum(p.verdict == _ILLEGAL for p in self.partitions)
-        unk = len(self.unknown())
-        return (f"{self.verdict}: {self.ops} ops over {self.objects} objects, {n} partitions "
-                f"({bad} with anomalies, {unk} unknown), checked in {self.seconds:.3f} s")
-
-    def explain(self, *, max_anomalies: int = 5) -> str:
-        """A readable report: the summary and each anomaly's witness."""
-        out = [self.summary()]
-        for p in self.unknown():
-            out.append(f"unknown: object {p.object} keys {', '.join(p.keys) or '-'}: search budget "
-                       f"exhausted after {p.steps} steps ({p.ops} ops)")
-        for a in self.anomalies[:max_anomalies]:
-            out.append("")
-            out.append(f"ANOMALY {a.kind} on object {a.object!r}"
-                       f"{' keys ' + ', '.join(a.keys) if a.keys else ''}: {a.message}")
-            out.append(a.witness.to_text())
-        if len(self.anomalies) > max_anomalies:
-            out.append(f"... and {len(self.anomalies) - max_anomalies} more anomalies")
-        return "\n".join(out)
 
 
 # ---------------------------------------------------------------------------------------------

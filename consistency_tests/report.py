@@ -17,105 +17,17 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 from duro.consistency.history import Operation
-
-if TYPE_CHECKING:
-    from duro.consistency.checker import CheckResult, Witness
+from duro.consistency.results import CheckResult, Witness
+from duro.consistency.timeline import ascii_timeline, columns, op_times
 
 __all__ = ["ascii_timeline", "html_report", "witness_text"]
 
-_MIN_GAP = 2
-
-
-def _columns(ops: Sequence[Operation], pad: int) -> tuple[dict[int, int], int]:
-    """Column of every call/return position: increasing, each box wide enough for its label."""
-    pos: set[int] = set()
-    ends: dict[int, list[tuple[int, int]]] = {}
-    for op in ops:
-        pos.add(op.call)
-        if op.ret is not None:
-            pos.add(op.ret)
-            ends.setdefault(op.ret, []).append((op.call, len(op.label()) + pad))
-    col: dict[int, int] = {}
-    c = -_MIN_GAP
-    for p in sorted(pos):
-        c += _MIN_GAP
-        for call, width in ends.get(p, []):
-            if call != p:
-                c = max(c, col[call] + width)
-        col[p] = c
-    last = c
-    for op in ops:  # room for open-ended info boxes
-        if op.ret is None:
-            last = max(last, col[op.call] + len(op.label()) + pad + 2)
-    return col, last
-
-
-def ascii_timeline(ops: Iterable[Operation], *, highlight: set[int] | None = None) -> str:
-    """One lane per process; boxes span each op's invoke..completion (see module docstring).
-
-    Ops whose ``id()`` is in *highlight* are drawn with ``=`` instead of ``-``.
-    """
-    ops = sorted(ops, key=lambda o: o.call)
-    if not ops:
-        return "(no ops)"
-    col, last = _columns(ops, pad=6)
-    lanes: dict[int, list[str]] = {}
-    for op in ops:
-        lane = lanes.setdefault(op.process, [" "] * (last + 8))
-        a = col[op.call]
-        dash = "=" if highlight and id(op) in highlight else "-"
-        label = f" {op.label()} "
-        if op.ret is None:
-            b = last + 6
-            body = list(label.center(b - a - 1, dash))
-            lane[a] = "|"
-            lane[a + 1:b] = body
-            lane[b - 1] = "?"
-            lane[b] = ">"
-            continue
-        b = col[op.ret]
-        inner = b - a - 1
-        text = label if len(label) <= inner else label[:inner]
-        lane[a] = "|"
-        lane[a + 1:b] = list(text.center(inner, dash))
-        lane[b] = "|"
-    width = max(len(f"P{p}") for p in lanes)
-    return "\n".join(f"{f'P{p}':>{width}}: {''.join(lane).rstrip()}"
-                     for p, lane in sorted(lanes.items()))
-
-
-def _times(op: Operation) -> str:
-    if op.completion_event is None:
-        return f"invoke t={op.call_time}, never completed"
-    t = f"invoke t={op.call_time}, {op.outcome} t={op.completion_event.time}"
-    if op.outcome == "info" and op.ret_time is not None:
-        t += f" (bound t={op.ret_time})"
-    return t
-
-
 def witness_text(w: Witness) -> str:
     """Timeline, ops with times, longest linearizable prefix and the refused next ops."""
-    out = [ascii_timeline(w.ops, highlight={id(o) for o, _ in w.frontier}), ""]
-    for n, op in enumerate(sorted(w.ops, key=lambda o: o.call), 1):
-        out.append(f"  [{n}] P{op.process} {op.label()}  ({_times(op)})")
-    if w.linearized or w.frontier:
-        out.append("")
-        if w.linearized:
-            out.append("  longest linearizable prefix:")
-            for op, st in w.linearized:
-                out.append(f"    P{op.process} {op.label()}  ⇒ {st}")
-        else:
-            out.append("  no op can be linearized first")
-        if w.state:
-            out.append(f"  then the state is {w.state}, and every op that could come next "
-                       "is refused:")
-        for op, why in w.frontier:
-            out.append(f"    ✗ P{op.process} {op.label()}: {why}")
-    return "\n".join(out)
+    return w.to_text()
 
 
 _CSS = """
@@ -134,7 +46,7 @@ _LANE = 26
 
 def _svg(ops: Sequence[Operation], witness: Witness | None) -> str:
     ops = sorted(ops, key=lambda o: o.call)
-    col, last = _columns(ops, pad=4)
+    col, last = columns(ops, pad=4)
     wit = {id(o) for o in witness.ops} if witness else set()
     order = {id(o): n for n, (o, _) in enumerate(witness.linearized, 1)} if witness else {}
     refused = {id(o): why for o, why in witness.frontier} if witness else {}
@@ -160,7 +72,7 @@ def _svg(ops: Sequence[Operation], witness: Witness | None) -> str:
             fill = "#bbf7d0"
         if id(op) in refused:
             fill, stroke = "#fecaca", "#cf222e"
-        tip = [op.label(), f"process {op.process}", _times(op)]
+        tip = [op.label(), f"process {op.process}", op_times(op)]
         if id(op) in order:
             tip.append(f"linearized #{order[id(op)]}")
         if id(op) in refused:

@@ -384,7 +384,7 @@ def classify_error(exc: BaseException) -> str:
     A call refused before it started (``AppClosing``, ``Overloaded``) did not happen; a reset,
     timeout, unavailable backend or lost connection may or may not have.
     """
-    from duro.app import AppClosing
+    from duro.signals import AppClosing
 
     if isinstance(exc, AppClosing | Overloaded):
         return "fail"

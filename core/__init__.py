@@ -4,7 +4,7 @@ Addressable, single-instance stateful objects with transactional key-value stora
 SQLite, LMDB or S3, chosen by a URL.
 """
 
-from duro.app import App, AppConfig
+from duro.app import App
 from duro.clock import Clock, ManualClock, SystemClock
 from duro.config import resolve_backend_url
 from duro.errors import (
@@ -27,8 +27,9 @@ from duro.fetch import Request, Response
 from duro.ids import ObjectId
 from duro.namespace import Namespace, ObjectSummary, Stub, StubOf
 from duro.objects import AlarmInfo, Context, DurableObject
+from duro.settings import AppConfig, StorageLimits
 from duro.stats import ObjectStats
-from duro.storage import StorageLimits, Transaction
+from duro.storage import Transaction
 from duro.websockets import WebSocket
 
 __version__ = "0.1.0"

@@ -5,103 +5,39 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import secrets
 import uuid
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from duro.backends.base import Backend, LeaseHeld, ObjectRef
 from duro.backends.registry import open_backend
 from duro.clock import Clock, SystemClock
-from duro.cluster_auth import check_secret, derive_key
+from duro.cluster_auth import derive_key
 from duro.committer import Committer
 from duro.config import anchor, resolve_backend
 from duro.deadlines import Deadlines
 from duro.errors import ConfigError, DuroError, ObjectReset
-from duro.instance import Chain
-from duro.namespace import Elsewhere, Namespace, OwnerGone
+from duro.fetch import EVENTS as FETCH_EVENTS
+from duro.host import EventHandler
+from duro.namespace import Namespace
 from duro.objects import DurableObject
+from duro.settings import AppConfig, StorageLimits
+from duro.signals import AppClosing, Chain, Elsewhere, OwnerGone, OwnerUnreachable
 from duro.stats import ObjectStats
-from duro.storage import StorageLimits
+from duro.transport import Transport
+from duro.websockets import EVENTS as WEBSOCKET_EVENTS
 
 if TYPE_CHECKING:
     from duro.ids import ObjectId
-    from duro.transport import Transport
 
 __all__ = ["App", "AppClosing", "AppConfig"]
 
 log = logging.getLogger("duro")
 T = TypeVar("T")
 D = TypeVar("D", bound=DurableObject)
-
-
-UNSAFE_FLAGS = frozenset({"skip_lease_check", "ack_before_durable", "drop_coalesced_write",
-                          "skip_cluster_auth"})
-
-
-class AppClosing(ObjectReset):
-    """The App is not open: a call was refused before it started."""
-
-
-@dataclass(frozen=True)
-class AppConfig:
-    """Tunables of an :class:`App` (all durations in seconds)."""
-
-    lease_ttl: float = 10.0
-    drift_margin: float = 1.0
-    idle_timeout: float = 60.0
-    max_queue: int = 1000
-    call_timeout: float = 60.0
-    drain_timeout: float = 30.0
-    """How long closing the App waits for running turns before cutting them off."""
-    alarm_poll_interval: float = 1.0
-    alarm_retry_base: float = 2.0
-    alarm_max_retries: int = 6
-    io_threads: int = 32
-    forward_connections: int = 128
-    """Most calls in flight to one other process at a time (its pooled connections)."""
-    forward_queue: int = 2048
-    """Most calls waiting for one of those connections; beyond, a call is refused at once with
-    :class:`~duro.errors.Overloaded` (it was never sent)."""
-    forward_wait: float = 5.0
-    """Longest wait for a pooled connection before a call is refused with ``Overloaded``."""
-    shed_load: bool = True
-    """Refuse new calls with :class:`~duro.errors.Overloaded` while lease renewals run late."""
-    failover_wait: float = 0.0
-    """How long a call waits for an owner that refuses connections to lose its lease before it
-    fails with :class:`~duro.errors.BackendUnavailable` (``retry_after`` = the time the lease
-    has left). 0: fail at once."""
-    storage_limits: StorageLimits = field(default_factory=StorageLimits)
-    cluster_secret: str | None = field(
-        default_factory=lambda: os.environ.get("DURO_CLUSTER_SECRET")
-    )
-    """Overrides the cluster key that processes sharing the backend sign forwarded calls with
-    (env ``DURO_CLUSTER_SECRET``; at least 16 characters). Unset (the default), the key is a
-    random one the backend keeps, so every process that can open the backend is a peer."""
-    cluster_max_body_bytes: int = 16 * 1024 * 1024
-    """Largest request the cluster listener reads (at least the HTTP body limit plus 64 KiB)."""
-    unsafe: frozenset[str] = frozenset()
-    """Test-only mutations that break duro on purpose, so the consistency suite can prove it
-    catches them: ``skip_lease_check``, ``ack_before_durable``, ``drop_coalesced_write``;
-    ``skip_cluster_auth`` (the benchmark's baseline for the cost of authentication)."""
-
-    def __post_init__(self) -> None:
-        bad = set(self.unsafe) - UNSAFE_FLAGS
-        if bad:
-            raise ConfigError(
-                f"unknown unsafe flag(s) {sorted(bad)}; known: {sorted(UNSAFE_FLAGS)}"
-            )
-        if min(self.forward_connections, self.forward_queue + 1) < 1 or min(
-            self.forward_wait, self.failover_wait
-        ) < 0:
-            raise ConfigError("forward_connections must be >= 1; forward_queue, forward_wait "
-                              "and failover_wait must be >= 0")
-        if self.lease_ttl <= self.drift_margin:
-            raise ConfigError("lease_ttl must be greater than drift_margin")
-        check_secret(self.cluster_secret)
 
 
 class App:
@@ -183,6 +119,8 @@ class App:
         self._tasks: set[asyncio.Future[None]] = set()
         self._deadlines = Deadlines()
         self.committer = Committer(self)
+        self.events: dict[str, EventHandler] = {**FETCH_EVENTS, **WEBSOCKET_EVENTS}
+        """Runtime events that run as turns of an object (``__fetch__``, WebSocket events)."""
         self._http: Any = None  # a duro.server.Server when serving HTTP (duro serve)
 
     @property
@@ -225,8 +163,6 @@ class App:
                          extra={"event": "backend", "url": self._url, "source": self.url_source})
                 self._backend = await self.io(open_backend, self.url)
             if self.listen is not None and self._backend.multi_process:
-                from duro.transport import Transport
-
                 self._transport = Transport(self, await self._cluster_key(),
                                             authenticate="skip_cluster_auth" not in
                                             self.config.unsafe)
@@ -335,25 +271,21 @@ class App:
 
     # -- forwarding -----------------------------------------------------------------------------
 
-    async def _forward(self, where: Elsewhere, ns: Namespace[Any], oid: ObjectId, method: str,
+    async def _forward(self, where: Elsewhere, ns: str, oid: ObjectId, method: str,
                        payload: bytes, chain: Chain, hops: int) -> bytes | None:
         """Send a call to the owning process; ``None`` if it is handing the object over.
 
         An owner that refuses connections raises :class:`OwnerGone` (the call was not sent).
         """
-        from duro.transport import OwnerUnreachable
-
         assert self._transport is not None
         try:
-            reply = await self._transport.forward(where.address, ns.name, oid, method, payload,
-                                                  chain, hops + 1)
+            return await self._transport.forward(where.address, ns, oid, method, payload,
+                                                 chain, hops + 1)
         except OwnerUnreachable as gone:
             if gone.moving:  # the owner is closing: it releases the lease in a moment
                 await self.clock.sleep(0.02)
                 return None
             raise OwnerGone(where.address, where.until) from None
-        ns._retired.forwarded += 1
-        return reply
 
     async def _serve_forwarded(self, ns_name: str, hex_id: str, name: str | None, method: str,
                                payload: bytes, chain: Chain, hops: int) -> bytes:

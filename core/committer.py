@@ -30,13 +30,13 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from duro.backends.base import WriteOp
 from duro.errors import ObjectReset
 
 if TYPE_CHECKING:
-    from duro.app import App
+    from duro.backends.base import Backend
 
 __all__ = ["MAX_GROUP", "Committer", "WriterThread"]
 
@@ -97,12 +97,21 @@ class WriterThread:
         self._queue.put(None)
 
 
+class Writes(Protocol):
+    """What a :class:`Committer` uses of its App: the backend and the executor for its I/O."""
+
+    @property
+    def backend(self) -> Backend: ...
+    @property
+    def executor(self) -> Executor: ...
+
+
 class Committer:
     """Gathers the write ops queued by many objects of one App into group transactions."""
 
     __slots__ = ("_app", "_closed", "_in_flight", "_queue", "_thread")
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: Writes) -> None:
         self._app = app
         self._queue: list[tuple[WriteOp, asyncio.Future[Any]]] = []
         self._in_flight = False

@@ -222,11 +222,5 @@ async def _fetch_turn(inst: Instance, payload: bytes) -> Any:
         raise
 
 
-def register() -> None:
-    """Make ``__fetch__`` an event kind of every instance (idempotent)."""
-    from duro.instance import INTERNAL_METHODS
-
-    INTERNAL_METHODS[FETCH_METHOD] = _fetch_turn
-
-
-register()
+EVENTS: Final = {FETCH_METHOD: _fetch_turn}
+"""The runtime event this module adds to every App (see ``App.events``)."""

@@ -24,47 +24,25 @@ from duro.backends.base import Batch, CommitOp, Lease, ObjectRef, ReleaseOp
 from duro.calls import decode_args, encode_result, pack_error
 from duro.errors import DuroError, Fenced, ObjectReset, Overloaded
 from duro.objects import AlarmInfo, Context, DurableObject, _instantiate
+from duro.signals import Chain, Gone
 from duro.stats import ObjectStats
 from duro.storage import Storage
 
 log = logging.getLogger("duro.instance")
 
 if TYPE_CHECKING:
-    from duro.app import App
+    from duro.host import Home, Host
     from duro.ids import ObjectId
-    from duro.namespace import Namespace
 
-__all__ = ["Gone", "Instance", "current_call"]
+__all__ = ["Instance", "current_call"]
 
 T = TypeVar("T")
 log = logging.getLogger("duro.alarms")
 
-Chain = tuple[tuple[str, str], ...]
 current_call: contextvars.ContextVar[tuple[Instance, Chain] | None] = contextvars.ContextVar(
     "duro_current_call", default=None
 )
 """The instance whose turn is running, and the chain of objects in the current call."""
-
-INTERNAL_METHODS: dict[str, Callable[[Instance, bytes], Awaitable[Any]]] = {}
-"""Runtime events that run as turns under a ``__name__`` method (``__fetch__``, WebSocket
-events); registered by :mod:`duro.fetch` and :mod:`duro.websockets`."""
-
-
-def _internal(method: str) -> Callable[[Instance, bytes], Awaitable[Any]]:
-    handler = INTERNAL_METHODS.get(method)
-    if handler is None:
-        import duro.fetch
-        import duro.websockets  # noqa: F401 - both register their events on import
-
-        handler = INTERNAL_METHODS.get(method)
-        if handler is None:
-            raise AttributeError(f"unknown internal method {method!r}")
-    return handler
-
-
-class Gone(Exception):
-    """The instance stopped taking events before this one started: dispatch it again."""
-
 
 @dataclass(slots=True)
 class _Event:
@@ -81,7 +59,7 @@ class Instance:
 
     def __init__(
         self,
-        ns: Namespace[Any],
+        ns: Home,
         oid: ObjectId,
         lease: Lease,
         sent_at: float,
@@ -89,7 +67,7 @@ class Instance:
         preload: list[tuple[bytes, bytes]] | None,
     ) -> None:
         self.ns = ns
-        self.app: App = ns.app
+        self.app: Host = ns.app
         self.oid = oid
         self.key = (ns.name, oid.hex)
         self.ref = ObjectRef(ns.name, oid.hex)
@@ -341,7 +319,10 @@ class Instance:
         token = current_call.set((self, (*ev.chain, self.key)))
         try:
             if ev.method.startswith("__"):
-                value = await _internal(ev.method)(self, ev.payload)
+                handler = self.app.events.get(ev.method)
+                if handler is None:
+                    raise AttributeError(f"unknown runtime event {ev.method!r}")
+                value = await handler(self, ev.payload)
             else:
                 args, kwargs = decode_args(ev.payload)
                 value = await getattr(self.obj, ev.method)(*args, **kwargs)

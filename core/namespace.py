@@ -21,12 +21,13 @@ from duro.errors import (
     Overloaded,
 )
 from duro.ids import ObjectId, id_from_name, id_from_string, new_unique_id
-from duro.instance import Chain, Gone, Instance, current_call
+from duro.instance import Instance, current_call
 from duro.objects import DurableObject
+from duro.signals import Chain, Elsewhere, Gone, OwnerGone
 from duro.stats import ObjectStats
 
 if TYPE_CHECKING:
-    from duro.app import App
+    from duro.host import Host
 
 __all__ = ["Namespace", "ObjectSummary", "Stub", "StubOf"]
 
@@ -55,24 +56,6 @@ class ObjectSummary:
     alarm: float | None
     owner: str | None
     epoch: int
-
-
-class Elsewhere(Exception):
-    """Another live process owns the object; forward the call there."""
-
-    def __init__(self, address: str, until: float) -> None:
-        super().__init__(address)
-        self.address = address
-        self.until = until
-
-
-class OwnerGone(Exception):
-    """The owner at *address* refuses connections; its lease lasts until *until*."""
-
-    def __init__(self, address: str, until: float) -> None:
-        super().__init__(address)
-        self.address = address
-        self.until = until
 
 
 class Stub:
@@ -142,7 +125,7 @@ def _stub_class(cls: type, methods: frozenset[str]) -> type[Stub]:
 class Namespace(Generic[T]):
     """All objects of one class in one app. Made by :meth:`duro.App.namespace`."""
 
-    def __init__(self, app: App, cls: type[T], name: str) -> None:
+    def __init__(self, app: Host, cls: type[T], name: str) -> None:
         if not name or len(name.encode("utf-8", "surrogatepass")) > MAX_NAMESPACE_BYTES:
             raise ConfigError(f"namespace name {name[:40]!r}{'…' if len(name) > 40 else ''} must "
                               f"be 1 to {MAX_NAMESPACE_BYTES} bytes of UTF-8 (it is part of "
@@ -289,8 +272,8 @@ class Namespace(Generic[T]):
                             f"call to {self.name} {oid.hex[:12]}… was forwarded {hops} times "
                             "without reaching its owner") from None
                     try:
-                        reply = await self.app._forward(where, self, oid, method, payload,
-                                                        chain, hops)
+                        reply = await self.app._forward(where, self.name, oid, method,
+                                                        payload, chain, hops)
                     except OwnerGone as gone:
                         self._owners.pop(oid.hex, None)
                         refused_at = await self._owner_gone(oid, gone, refused_at)
@@ -298,6 +281,7 @@ class Namespace(Generic[T]):
                     if reply is None:
                         self._owners.pop(oid.hex, None)
                         continue  # the owner is handing the object over
+                    self._retired.forwarded += 1
                     return reply
                 assert inst is not None
             if self.app.shedding and method != "__delete__":

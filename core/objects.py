@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from duro.errors import ObjectReset
 
 if TYPE_CHECKING:
+    from duro.host import Host
     from duro.ids import ObjectId
-    from duro.instance import Instance
     from duro.storage import Storage
 
 __all__ = ["AlarmInfo", "Context", "DurableObject"]
@@ -30,10 +30,33 @@ class AlarmInfo:
         return self.retry_count > 0
 
 
+class Activation(Protocol):
+    """What a :class:`Context` uses of the instance running its object."""
+
+    @property
+    def oid(self) -> ObjectId: ...
+    @property
+    def storage(self) -> Storage: ...
+    @property
+    def app(self) -> Host: ...
+
+    async def block_concurrency_while(self, awaitable: Awaitable[T]) -> T:
+        """Run *awaitable* with no other event delivered."""
+        ...
+
+    def wait_until(self, awaitable: Awaitable[Any]) -> None:
+        """Keep the instance alive until *awaitable* completes."""
+        ...
+
+    def reset(self, exc: BaseException) -> None:
+        """Drop held outputs; the next call re-activates the object."""
+        ...
+
+
 class Context:
     """The object's view of its runtime (``self.ctx``), named after Cloudflare's ``ctx``."""
 
-    def __init__(self, inst: Instance) -> None:
+    def __init__(self, inst: Activation) -> None:
         self._inst = inst
 
     @property

@@ -48,7 +48,8 @@ from duro.errors import (
 from duro.fetch import FETCH_METHOD, Response, encode_request, response_from_value
 from duro.fetch import Request as DuroRequest
 from duro.ids import id_from_name, id_from_string
-from duro.instance import Gone
+from duro.namespace import MAX_HOPS
+from duro.signals import AppClosing, Elsewhere, Gone
 from duro.websockets import CODE_MOVED, Hub, local_instance
 
 if TYPE_CHECKING:
@@ -240,8 +241,6 @@ class Server:
 
     async def _websocket(self, conn: ASGIWebSocket, ns: Namespace[Any], oid: ObjectId,
                          rest: str) -> None:
-        from duro.app import AppClosing
-        from duro.namespace import MAX_HOPS, Elsewhere
 
         hops = int(conn.headers.get(HOPS_HEADER, "0") or 0) if conn.scope.get("duro.peer") else 0
         while True:

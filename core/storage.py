@@ -16,18 +16,22 @@ import itertools
 import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from duro.backends.base import UNCHANGED, Batch, _Unchanged
 from duro.codec import decode, encode_value
 from duro.errors import DuroError, InvalidKey, ObjectReset
 from duro.keys import encode_key, key_range
+from duro.settings import StorageLimits
 
 if TYPE_CHECKING:
-    from duro.instance import Instance
+    from duro.backends.base import Backend, ObjectRef
+    from duro.host import Host
+    from duro.stats import ObjectStats
 
-__all__ = ["Durable", "Storage", "StorageLimits", "Transaction"]
+__all__ = ["Durable", "Owner", "Storage", "StorageLimits", "Transaction"]
+
+T = TypeVar("T")
 
 _MISSING: Final = object()
 _ABSENT: Final = object()
@@ -35,15 +39,31 @@ _IMMUTABLE: Final = frozenset({str, int, float, bool, bytes, type(None), _dt.dat
 _seq = itertools.count()
 
 
-@dataclass(frozen=True)
-class StorageLimits:
-    """Per-object limits: value size, cache size (LRU over clean entries), dirty backpressure."""
+class Owner(Protocol):
+    """What a :class:`Storage` uses of the instance it belongs to."""
 
-    max_value_bytes: int = 128 * 1024
-    cache_bytes: int = 16 * 1024 * 1024
-    cache_entries: int = 100_000
-    dirty_bytes: int = 8 * 1024 * 1024
-    preload_keys: int = 256
+    @property
+    def backend(self) -> Backend: ...
+    @property
+    def ref(self) -> ObjectRef: ...
+    @property
+    def stats(self) -> ObjectStats: ...
+    @property
+    def app(self) -> Host: ...
+
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a backend read off the event loop."""
+        ...
+
+    async def commit(self, batch: Batch) -> None:
+        """Make *batch* durable under the instance's epoch."""
+        ...
+
+    def reset(self, exc: BaseException) -> None:
+        """Drop the instance's held outputs; the next call re-activates it."""
+        ...
+
+    def _alarm_changed(self, t: float | None) -> None: ...
 
 
 MILLISECONDS_FROM: Final = 1e11
@@ -174,7 +194,7 @@ class Storage(_Reader):
 
     def __init__(
         self,
-        inst: Instance,
+        inst: Owner,
         limits: StorageLimits,
         alarm: float | None,
         preload: list[tuple[bytes, bytes]] | None = None,

@@ -20,9 +20,9 @@ import contextlib
 import ipaddress
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import aiohttp
 import msgpack
@@ -32,15 +32,15 @@ from starlette.datastructures import Headers
 from duro.calls import pack_error
 from duro.cluster_auth import ReplayGuard, Signer
 from duro.errors import BackendUnavailable, CallTimeout, ConfigError, Overloaded, ValueTooLarge
+from duro.signals import AppClosing, Chain, OwnerUnreachable
 
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
 
-    from duro.app import App
     from duro.ids import ObjectId
-    from duro.instance import Chain
+    from duro.settings import AppConfig
 
-__all__ = ["CALL_PATH", "EmbeddedServer", "OwnerUnreachable", "Transport", "advertised_address",
+__all__ = ["CALL_PATH", "Cluster", "EmbeddedServer", "Transport", "advertised_address",
            "parse_address"]
 
 log = logging.getLogger("duro.transport")
@@ -112,12 +112,20 @@ def advertised_address(host: str, port: int, advertise: str | None) -> str:
     return _join(found, port)
 
 
-class OwnerUnreachable(Exception):
-    """Nothing answers at the owner's address, or the owner is handing its objects over."""
+class Cluster(Protocol):
+    """What a :class:`Transport` uses of its App."""
 
-    def __init__(self, moving: bool) -> None:
-        super().__init__("moving" if moving else "unreachable")
-        self.moving = moving
+    @property
+    def config(self) -> AppConfig: ...
+    @property
+    def _http(self) -> Any: ...
+    @property
+    def _namespaces(self) -> Mapping[str, Any]: ...
+
+    async def _serve_forwarded(self, ns_name: str, hex_id: str, name: str | None, method: str,
+                               payload: bytes, chain: Chain, hops: int) -> bytes:
+        """Run a call another process forwarded here."""
+        ...
 
 
 class _Peer:
@@ -183,7 +191,7 @@ class _Refused(Exception):
 class Transport:
     """Serves forwarded calls for one App on its cluster listener and forwards calls to others."""
 
-    def __init__(self, app: App, key: bytes, *, authenticate: bool = True) -> None:
+    def __init__(self, app: Cluster, key: bytes, *, authenticate: bool = True) -> None:
         self._app = app
         self._server: EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -336,8 +344,6 @@ class Transport:
                 return b"".join(chunks)
 
     async def _call(self, body: bytes) -> tuple[int, bytes, dict[str, str]]:
-        from duro.app import AppClosing
-
         self._last_call = asyncio.get_running_loop().time()
         try:
             msg: dict[str, Any] = msgpack.unpackb(body)

@@ -28,15 +28,17 @@ import uuid
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
+from duro.backends.base import ObjectRef
 from duro.calls import unpack
 from duro.codec import decode, encode
 from duro.errors import DuroError, ObjectReset, Overloaded, ValueTooLarge
-from duro.instance import Gone, current_call
+from duro.instance import current_call
+from duro.signals import AppClosing, Elsewhere, Gone
 
 if TYPE_CHECKING:
     from starlette.websockets import WebSocket as ASGIWebSocket
 
-    from duro.app import App
+    from duro.host import Host
     from duro.ids import ObjectId
     from duro.instance import Instance
     from duro.namespace import Namespace
@@ -169,7 +171,7 @@ class _Socket:
 class Hub:
     """All hibernatable WebSockets of one App (``app._websockets``)."""
 
-    def __init__(self, app: App, *, max_message_bytes: int = 1024 * 1024,
+    def __init__(self, app: Host, *, max_message_bytes: int = 1024 * 1024,
                  max_sockets_per_object: int = 32768) -> None:
         self.app = app
         self.max_message_bytes = max_message_bytes
@@ -265,8 +267,6 @@ class Hub:
     async def _check_hibernated(self) -> None:
         """Close hibernated sockets of objects that another process took over."""
         app = self.app
-        from duro.backends.base import ObjectRef
-
         while True:
             await app.clock.sleep(max(0.2, app.config.lease_ttl / 2))
             for key in [k for k, v in self._by_key.items() if v and k not in self._bound]:
@@ -441,9 +441,6 @@ class Hub:
 
     async def _deliver(self, rec: _Socket, method: str, payload: bytes) -> bool:
         """Run one event as a turn of the socket's object in this process; False if it moved."""
-        from duro.app import AppClosing
-        from duro.namespace import Elsewhere
-
         while True:
             try:
                 inst = await local_instance(rec.ns, rec.oid)
@@ -493,12 +490,5 @@ async def _close_turn(inst: Instance, payload: bytes) -> None:
         await handler(rec.handle, code, reason, clean)
 
 
-def register() -> None:
-    """Make WebSocket messages and closes event kinds of every instance (idempotent)."""
-    from duro.instance import INTERNAL_METHODS
-
-    INTERNAL_METHODS[MESSAGE_METHOD] = _message_turn
-    INTERNAL_METHODS[CLOSE_METHOD] = _close_turn
-
-
-register()
+EVENTS: Final = {MESSAGE_METHOD: _message_turn, CLOSE_METHOD: _close_turn}
+"""The runtime events this module adds to every App (see ``App.events``)."""
