@@ -15,7 +15,7 @@ Public API (what workloads call)::
 ``history`` may be a :class:`~duro.consistency.history.History`, a path to a JSONL file, or an
 iterable of :class:`~duro.consistency.history.Event` / JSON dicts.
 
-Pipeline (research/linearizability.md §6.4):
+Pipeline (Lowe, "Testing for linearizability", 2017; Porcupine):
 
 1. **Prechecks**, O(n) per object: a read of a value no op wrote ("garbage read"), of a value
    only failed ops wrote ("aborted read"), or of a value whose every writer was invoked after

@@ -1,8 +1,8 @@
 """``duro check``: run the consistency suite against a backend, or check a recorded history.
 
 - ``duro check --history FILE [--report FILE] [--budget N] [--timeout S]`` checks a JSONL
-  history (DESIGN §5). ``--report`` writes an HTML page (``.html``/``.htm``), a JSON summary
-  (``.json``) or the text explanation (any other name).
+  history (docs/reference/history.md). ``--report`` writes an HTML page (``.html``/``.htm``), a
+  JSON summary (``.json``) or the text explanation (any other name).
 - ``duro check [--backend URL] [--quick | --thorough] [--stage all|contract|linearizability]
   [--keep-going] [--json] [--seed N] [--ops N] [--objects N] [--clients N] [--processes N]
   [--faults kill,pause,errors] [--history-out FILE] [--report FILE] [--histories N]

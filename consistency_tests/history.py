@@ -1,4 +1,5 @@
-"""Histories: the JSON-lines event format of DESIGN §5, its validation, and the recorder.
+"""Histories: the JSON-lines event format (docs/reference/history.md), its validation, and the
+recorder.
 
 One event per line, Jepsen's shape::
 
@@ -11,10 +12,10 @@ decreases, and at equal times the *listing* decides (a completion listed before 
 happened first; an invoke listed before a completion overlaps it). The checker therefore orders
 events by their position in the file, which is exactly the happened-before order.
 
-Values (see DESIGN §5): ``get`` → ok value is the value read (``null`` if absent); ``put`` → the
-value written (taken from the invoke); ``delete`` → ok value is whether the key existed; ``cas``
-→ invoke value ``[expected, new]`` (expected ``null`` = key absent), completed ``ok`` (swapped)
-or ``fail``; ``list`` → ``key`` null, invoke value ``{"prefix", "start", "start_after", "end",
+Values (docs/reference/history.md): ``get`` → ok value is the value read (``null`` if absent);
+``put`` → the value written (taken from the invoke); ``delete`` → ok value is whether the key
+existed; ``cas`` → invoke value ``[expected, new]`` (expected ``null`` = key absent), completed
+``ok`` (swapped) or ``fail``; ``list`` → ``key`` null, invoke value ``{"prefix", "start", "start_after", "end",
 "reverse", "limit"}`` (missing = null), ok value ``[[k, v], ...]``; ``txn`` → ``key`` null, value
 a list of micro-ops ``[["r", k, v], ["w", k, v], ["d", k, null]]`` (the ok event carries the
 values read).
@@ -109,7 +110,7 @@ class Event:
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON object of this event (the DESIGN fields first, then any extras)."""
+        """The JSON object of this event (the documented fields first, then any extras)."""
         d: dict[str, Any] = {
             "process": self.process,
             "type": self.type,

@@ -9,7 +9,7 @@ Two models, both pure (a step never mutates a state) with hashable, immutable st
 
 ``compile(op)`` turns an :class:`~duro.consistency.history.Operation` into a step function
 ``state -> tuple of possible next states`` (empty tuple = the recorded output is impossible in
-that state). Semantics (DESIGN §5, research §6.3):
+that state). Semantics (docs/reference/history.md):
 
 * ``get`` legal iff its value equals the state (``null`` = absent; a stored ``null`` reads as
   ``null`` too); ``put`` sets; ``delete`` sets absent and its ok value must equal "existed";

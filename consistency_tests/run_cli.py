@@ -1,6 +1,6 @@
 """``duro check``: the command behind the CLI, as a plain function returning the exit code.
 
-``check_command(...)`` implements DESIGN §5's option set::
+``check_command(...)`` implements ``duro check``'s option set::
 
     duro check [--backend URL] [--seed N] [--ops N] [--objects N] [--clients N]
                [--processes N] [--faults kill,pause,errors] [--history-out FILE]
