@@ -15,10 +15,10 @@ events by their position in the file, which is exactly the happened-before order
 Values (docs/reference/history.md): ``get`` → ok value is the value read (``null`` if absent);
 ``put`` → the value written (taken from the invoke); ``delete`` → ok value is whether the key
 existed; ``cas`` → invoke value ``[expected, new]`` (expected ``null`` = key absent), completed
-``ok`` (swapped) or ``fail``; ``list`` → ``key`` null, invoke value ``{"prefix", "start", "start_after", "end",
-"reverse", "limit"}`` (missing = null), ok value ``[[k, v], ...]``; ``txn`` → ``key`` null, value
-a list of micro-ops ``[["r", k, v], ["w", k, v], ["d", k, null]]`` (the ok event carries the
-values read).
+``ok`` (swapped) or ``fail``; ``list`` → ``key`` null, invoke value ``{"prefix", "start",
+"start_after", "end", "reverse", "limit"}`` (missing = null), ok value ``[[k, v], ...]``; ``txn`` →
+``key`` null, value a list of micro-ops ``[["r", k, v], ["w", k, v], ["d", k, null]]`` (the ok event
+carries the values read).
 
 Two refinements, both optional extra fields (extra fields are kept and otherwise ignored):
 

@@ -1,8 +1,8 @@
 """The durable object the consistency suite drives: one method per history op.
 
 Each public method is one op of the history format (docs/reference/history.md) and runs as one
-turn, so its reads and writes happen atomically with respect to every other op on the same object. Results
-are shaped exactly as the history records them:
+turn, so its reads and writes happen atomically with respect to every other op on the same
+object. Results are shaped exactly as the history records them:
 
 * ``get(key)`` → the value, or ``None`` if absent;
 * ``put(key, value)`` → ``None`` (the value written is the invoke's);
