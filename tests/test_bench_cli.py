@@ -139,7 +139,10 @@ def test_target_rows_say_met_or_missed(tmp_path: Path) -> None:
     targets = {t["id"]: t for t in data["targets"]}
     assert set(targets) == {"cached-get", "stub-call", "group-commit-sqlite-5x",
                             "group-commit-lmdb-10x", "lone-put-sqlite",
-                            "lone-put-lmdb", "diskcache"}
+                            "lone-put-lmdb", "diskcache", "stub-floor-1", "stub-floor-64",
+                            "many-objects-cold-sqlite", "many-objects-warm-sqlite",
+                            "many-objects-cold-lmdb", "many-objects-warm-lmdb",
+                            "resident-memory"}
     for t in targets.values():
         assert t["value"] is not None, t
         assert t["verdict"] == ("met" if t["met"] else "MISSED")
