@@ -55,7 +55,8 @@ from duro.consistency.mutants import get_mutant
 from duro.consistency.scheduler import RunResult
 from duro.consistency.target import HTTP_ARGS, NAMESPACE, object_id, object_path
 from duro.consistency.workloads import ClientPlan, OpSpec, Program, run_client
-from duro.errors import ConfigError
+from duro.errors import BackendUnavailable, ConfigError
+from duro.server import NOT_RUN_HEADER
 
 __all__ = ["APP_TARGET", "SERVERS", "HTTPUnavailable", "HttpRunResult", "LostConnection",
            "absolute_url", "run_http"]
@@ -221,6 +222,10 @@ def _caller(plan: ClientPlan, servers: list[_Server], http: httpx.AsyncClient,
             raise LostConnection(f"{method} to {server.tag}: {exc!r}") from exc
         if r.status_code >= 500:
             traffic.statuses[str(r.status_code)] += 1
+            if r.status_code == 503 and r.headers.get(NOT_RUN_HEADER) == "1":
+                # duro says the call never started: a certain ``fail``, not an ``info``.
+                raise BackendUnavailable(f"{method} to {server.tag}: {r.text.strip()}",
+                                         not_run=True)
             raise HTTPUnavailable(f"{method} to {server.tag}: {r.status_code} {r.text.strip()}")
         if r.status_code != 200:
             traffic.statuses[str(r.status_code)] += 1

@@ -59,7 +59,7 @@ def encode_error(exc: BaseException) -> list[str]:
         return ["object", exc.type_name, exc.message]
     name = type(exc).__name__
     if isinstance(exc, DuroError) and _DURO_ERRORS.get(name) is type(exc):
-        return ["duro", name, exc.message]
+        return ["duro-not-run" if exc.not_run else "duro", name, exc.message]
     message = str(exc.args[0]) if len(exc.args) == 1 else str(exc)
     if _BUILTIN_ERRORS.get(name) is type(exc):
         return ["builtin", name, message]
@@ -69,8 +69,10 @@ def encode_error(exc: BaseException) -> list[str]:
 def decode_error(err: list[str]) -> BaseException:
     """Rebuild the exception described by :func:`encode_error`."""
     kind, name, message = err
-    if kind == "duro" and name in _DURO_ERRORS and name != "ObjectError":
-        return _DURO_ERRORS[name](message)  # type: ignore[no-any-return]
+    if kind in ("duro", "duro-not-run") and name in _DURO_ERRORS and name != "ObjectError":
+        exc: DuroError = _DURO_ERRORS[name](message)
+        exc.not_run = kind == "duro-not-run"
+        return exc
     if kind == "builtin" and name in _BUILTIN_ERRORS:
         try:
             return _BUILTIN_ERRORS[name](message)

@@ -52,9 +52,17 @@ class DuroError(Exception):
     """Seconds after which a retry may succeed, when the runtime knows (e.g. the time left on
     an unreachable owner's lease); HTTP answers send it as ``Retry-After``."""
 
-    def __init__(self, message: str = "", *, orig: BaseException | None = None) -> None:
+    not_run: bool = False
+    """True when duro knows the call never started (it was refused before it was sent or
+    queued): none of its effects happened, so a retry cannot apply it twice. HTTP answers send
+    the header ``x-duro-not-run: 1``. False means the outcome may be unknown."""
+
+    def __init__(self, message: str = "", *, orig: BaseException | None = None,
+                 not_run: bool = False) -> None:
         super().__init__(message)
         self.orig = orig
+        if not_run:
+            self.not_run = True
 
     @property
     def message(self) -> str:

@@ -212,8 +212,8 @@ class Instance:
             raise Gone()
         if len(self._queue) >= self.app.config.max_queue:
             raise Overloaded(
-                f"object {self.oid.hex[:12]}… has {len(self._queue)} queued calls; retry later"
-            )
+                f"object {self.oid.hex[:12]}… has {len(self._queue)} queued calls; retry later",
+                not_run=True)
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._queue.append(_Event("call", method, payload, chain, fut))
         self._kick()

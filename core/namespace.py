@@ -286,7 +286,8 @@ class Namespace(Generic[T]):
                 assert inst is not None
             if self.app.shedding and method != "__delete__":
                 raise Overloaded("this process is renewing its leases late; it refuses new "
-                                 "calls until they catch up (the call was not started)")
+                                 "calls until they catch up (the call was not started)",
+                                 not_run=True)
             try:
                 if method == "__delete__":
                     return await inst.delete()
@@ -312,7 +313,7 @@ class Namespace(Generic[T]):
             err = BackendUnavailable(
                 f"the owner of {self.name} {oid.name or oid.hex[:12]} at {gone.address} refuses "
                 f"connections; its lease ends in {left:.1f} s, then another process takes over "
-                "(this call was not sent)")
+                "(this call was not sent)", not_run=True)
             err.retry_after = float(max(1, math.floor(left)))
             raise err
         await clock.sleep(min(left, budget, 1.0))

@@ -101,6 +101,10 @@ class _Refused(Exception):
         self.response = response or _error(status, message, headers)
 
 
+NOT_RUN_HEADER: Final = "x-duro-not-run"
+"""Set (``1``) on a 503 whose call certainly never started: retrying cannot apply it twice."""
+
+
 def _error(status: int, message: str = "", headers: dict[str, str] | None = None) -> Response:
     phrase = _PHRASES.get(status, "Error")
     return Response.text(f"{status} {phrase}" + (f": {message}" if message else "") + "\n",
@@ -233,6 +237,8 @@ class Server:
         except (Overloaded, ObjectReset, BackendUnavailable) as exc:
             if exc.retry_after is not None:
                 retry = {"retry-after": str(int(exc.retry_after))}
+            if exc.not_run:
+                retry[NOT_RUN_HEADER] = "1"
             return _error(503, exc.message, retry)
         except Exception:
             return _error(500)

@@ -17,6 +17,8 @@ Chain = tuple[tuple[str, str], ...]
 class AppClosing(ObjectReset):
     """The App is not open: a call was refused before it started."""
 
+    not_run = True
+
 
 class Gone(Exception):
     """The instance stopped taking events before this one started: dispatch it again."""

@@ -415,15 +415,16 @@ class Transport:
             return peer
         if peer.waiting >= cfg.forward_queue:
             raise Overloaded(f"{cfg.forward_connections} calls to the owner at {address} are in "
-                             f"flight and {peer.waiting} wait; this call was not sent, retry later")
+                             f"flight and {peer.waiting} wait; this call was not sent, retry later",
+                             not_run=True)
         peer.waiting += 1
         try:
             async with asyncio.timeout(cfg.forward_wait):
                 await peer.slots.acquire()
         except TimeoutError:
             raise Overloaded(f"no connection to the owner at {address} came free within "
-                             f"{cfg.forward_wait:g} s; this call was not sent, retry later"
-                             ) from None
+                             f"{cfg.forward_wait:g} s; this call was not sent, retry later",
+                             not_run=True) from None
         finally:
             peer.waiting -= 1
         return peer
