@@ -2,7 +2,7 @@
 
 With ``opentelemetry-api`` installed and a tracer provider configured (the global one, set by
 ``opentelemetry.trace.set_tracer_provider`` or the OTel SDK's auto-configuration, or one given
-to :func:`configure`), duro records:
+to ``configure()``), duro records:
 
 - one span per object call, in the process that runs it, named ``<namespace>.<method>``
   (``Counter.increment``; an HTTP request to an object is ``<namespace>.fetch``): kind
@@ -167,9 +167,13 @@ def start_call(inst: Instance, method: str, fut: asyncio.Future[bytes]) -> Any:
     """A span for a call just queued at *inst* (``None`` when not tracing): its parent is the
     caller's current context. Returns the context to make current while the call's turn runs;
     the span ends when *fut* (the reply envelope) is done."""
-    tracer = _tracer()
+    tracer = _tracer_cache  # _tracer(), inlined: this runs on every call
     if tracer is None:
-        return None
+        if _absent:
+            return None
+        tracer = _resolve()
+        if tracer is None:
+            return None
     api = _api
     parent = api.context.get_current()
     remote = api.trace.get_current_span(parent).get_span_context().is_remote
