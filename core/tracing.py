@@ -341,13 +341,19 @@ def carrier() -> dict[str, Any]:
 
 def inbound(fields: Any) -> _NoSpan:
     """Continue the trace a forwarded call carries (``with``, around serving it): *fields* is
-    the body's ``trace`` value (anything a peer sent; malformed values are ignored)."""
-    if fields is None or _tracer() is None:
+    the body's ``trace`` value (anything a peer sent; malformed values are ignored).
+
+    The call's context is exactly what the peer sent (none: a new trace), never what the
+    listener's task happened to inherit from the code that started the App.
+    """
+    if _tracer() is None:
         return _NO_SPAN
-    if not (isinstance(fields, dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in fields.items())):
-        log.debug("duro: ignored a malformed trace context in a forwarded call: %r", fields)
-        return _NO_SPAN
+    if fields is None:
+        fields = {}
+    elif not (isinstance(fields, dict)
+              and all(isinstance(k, str) and isinstance(v, str) for k, v in fields.items())):
+        log.debug("duro: ignored a malformed trace context in a forwarded call: %.200r", fields)
+        fields = {}
     return _Inbound(_api.propagate.extract(fields))
 
 
@@ -383,10 +389,10 @@ def http_span(scope: Any, namespace: str, oid: ObjectId) -> _NoSpan:
                              "url.path": scope.get("path", ""), "duro.namespace": namespace,
                              "duro.object_id": oid.hex}
     current = api.context.get_current()
-    if api.trace.get_current_span(current).get_span_context().is_valid:
+    if api.trace.get_current_span(current).is_recording():  # the host app's request span
         parent, kind = current, api.SpanKind.INTERNAL
-    else:
-        parent = api.propagate.extract(_headers(scope.get("headers", ())), context=current)
+    else:  # a new trace, or the client's: not whatever the listener's task inherited
+        parent = api.propagate.extract(_headers(scope.get("headers", ())))
         kind = api.SpanKind.SERVER
     return _Span(tracer.start_span(f"{method} {route}", context=parent, kind=kind,
                                    attributes=attrs), parent)

@@ -195,6 +195,53 @@ async def test_an_http_request_continues_the_clients_traceparent(
     assert call.context.trace_id == edge.context.trace_id
 
 
+async def test_under_a_host_app_that_traces_requests_the_edge_span_is_its_child(
+        duro_app_factory: Callable[..., duro.App], spans: InMemorySpanExporter,
+        provider: tuple[TracerProvider, InMemorySpanExporter]) -> None:
+    tracer = provider[0].get_tracer("host")
+    app = duro_app_factory()
+    app.namespace(Greeter)
+    server = configure(app)
+
+    async def host(scope: Any, receive: Any, send: Any) -> None:  # an instrumented host app
+        with tracer.start_as_current_span("host request", kind=SpanKind.SERVER):
+            await server(scope, receive, send)
+
+    async with app, httpx.AsyncClient(transport=httpx.ASGITransport(app=host),
+                                      base_url="http://duro.test") as client:
+        assert (await client.get("/Greeter/name/ada/")).status_code == 200
+    found = spans.get_finished_spans()
+    outer = only(found, "host request")
+    edge = only(found, "GET /Greeter/name/{name}")
+    assert edge.kind == SpanKind.INTERNAL
+    assert edge.parent is not None and edge.parent.span_id == outer.context.span_id
+
+
+async def test_requests_do_not_inherit_the_context_the_app_was_started_in(
+        duro_app_factory: Callable[..., duro.App], spans: InMemorySpanExporter,
+        provider: tuple[TracerProvider, InMemorySpanExporter]) -> None:
+    """The public listener's tasks are created while the App starts, inside a span here: a
+    request without ``traceparent`` still starts a new trace."""
+    from duro.listener import start_public_listener, stop_public_listener
+
+    tracer = provider[0].get_tracer("test")
+    app = duro_app_factory()
+    app.namespace(Greeter)
+    server = configure(app)
+    with tracer.start_as_current_span("startup") as startup:
+        await app.start()
+        public, url = await start_public_listener(server, "127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient(base_url=url) as client:
+            assert (await client.get("/Greeter/name/ada/")).status_code == 200
+    finally:
+        await stop_public_listener(public)
+        await app.close()
+    edge = only(spans.get_finished_spans(), "GET /Greeter/name/{name}")
+    assert edge.kind == SpanKind.SERVER and edge.parent is None
+    assert edge.context.trace_id != startup.get_span_context().trace_id
+
+
 async def test_an_alarm_run_is_a_root_span(
         duro_app_factory: Callable[..., duro.App], duro_clock: duro.ManualClock,
         spans: InMemorySpanExporter) -> None:
