@@ -10,7 +10,7 @@ import asyncio
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,7 @@ def spans(provider: tuple[TracerProvider, InMemorySpanExporter]
     exporter.clear()
 
 
-def only(found: list[ReadableSpan], name: str, kind: SpanKind | None = None) -> ReadableSpan:
+def only(found: Sequence[ReadableSpan], name: str, kind: SpanKind | None = None) -> ReadableSpan:
     match = [s for s in found if s.name == name and (kind is None or s.kind == kind)]
     assert len(match) == 1, [(s.name, s.kind) for s in found]
     return match[0]
@@ -323,6 +323,40 @@ def test_duro_runs_without_opentelemetry_installed(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120, check=False)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr
+
+
+def test_a_global_provider_set_after_calls_ran_is_picked_up() -> None:
+    """The usual setup, ``trace.set_tracer_provider``, in a process of its own (the global
+    provider can be set only once per process)."""
+    script = textwrap.dedent("""
+        import asyncio
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        import duro
+
+        class Greeter(duro.DurableObject):
+            async def hello(self, who):
+                return "hello " + who
+
+        async def main():
+            exporter = InMemorySpanExporter()
+            async with duro.App("memory://", listen=None) as app:
+                stub = app.namespace(Greeter).get_by_name("k")
+                await stub.hello("before")
+                provider = TracerProvider()
+                provider.add_span_processor(SimpleSpanProcessor(exporter))
+                trace.set_tracer_provider(provider)
+                await stub.hello("after")
+            print([s.name for s in exporter.get_finished_spans()])
+
+        asyncio.run(main())
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == "['Greeter.hello']", done.stdout + done.stderr
 
 
 def test_importing_duro_does_not_import_opentelemetry() -> None:
