@@ -38,6 +38,9 @@ from importlib import metadata
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
+from duro.calls import unpack
+from duro.errors import ObjectError
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -186,9 +189,7 @@ def start_call(inst: Instance, method: str, fut: asyncio.Future[bytes]) -> Any:
 
 
 def _call_done(span: Any, fut: asyncio.Future[bytes]) -> None:
-    from duro.calls import unpack
-    from duro.errors import ObjectError
-    from duro.instance import Gone
+    from duro.instance import Gone  # (duro.instance imports this module)
 
     try:
         if fut.cancelled():
@@ -274,9 +275,6 @@ class _Span(_NoSpan):
             self._span.set_attribute("duro.moving", True)  # the owner is handing it over
             return
         if reply[:1] == b"\x00":
-            from duro.calls import unpack
-            from duro.errors import ObjectError
-
             try:
                 unpack(reply)
             except Exception as err:
