@@ -316,6 +316,12 @@ def test_duro_runs_without_opentelemetry_installed(tmp_path: Path) -> None:
                         "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}})
                     assert r.text == "fetched", r.text
             assert duro.tracing._absent and duro.tracing._tracer() is None
+            try:
+                duro.tracing.configure(object())
+            except duro.errors.BackendNotInstalled as exc:
+                assert "duro[otel]" in str(exc), exc
+            else:
+                raise AssertionError("configure() accepted a provider without OpenTelemetry")
             print("ok")
 
         asyncio.run(main())
