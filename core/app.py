@@ -12,6 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from duro import tracing
 from duro.backends.base import Backend, LeaseHeld, ObjectRef
 from duro.backends.registry import open_backend
 from duro.clock import Clock, SystemClock
@@ -278,25 +279,31 @@ class App:
         An owner that refuses connections raises :class:`OwnerGone` (the call was not sent).
         """
         assert self._transport is not None
-        try:
-            return await self._transport.forward(where.address, ns, oid, method, payload,
-                                                 chain, hops + 1)
-        except OwnerUnreachable as gone:
-            if gone.moving:  # the owner is closing: it releases the lease in a moment
-                await self.clock.sleep(0.02)
-                return None
-            raise OwnerGone(where.address, where.until) from None
+        with tracing.forward_span(ns, oid, method, where.address) as span:
+            try:
+                reply = await self._transport.forward(where.address, ns, oid, method,
+                                                      payload, chain, hops + 1)
+            except OwnerUnreachable as gone:
+                if gone.moving:  # the owner is closing: it releases the lease in a moment
+                    span.reply(None)
+                    await self.clock.sleep(0.02)
+                    return None
+                raise OwnerGone(where.address, where.until) from None
+            span.reply(reply)
+        return reply
 
     async def _serve_forwarded(self, ns_name: str, hex_id: str, name: str | None, method: str,
-                               payload: bytes, chain: Chain, hops: int) -> bytes:
-        """Handle a call another process forwarded here."""
+                               payload: bytes, chain: Chain, hops: int,
+                               trace: Any = None) -> bytes:
+        """Handle a call another process forwarded here (*trace*: its trace context, if any)."""
         ns = self._namespaces.get(ns_name)
         if ns is None:
             raise ConfigError(f"this process has no namespace {ns_name!r}")
         oid = ns.id_from_string(hex_id)
         if name is not None:
             oid = ns.id_from_name(name)
-        return await ns._invoke(oid, method, payload, chain, hops)
+        with tracing.inbound(trace):
+            return await ns._invoke(oid, method, payload, chain, hops)
 
     # -- background work ------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from duro import tracing
 from duro.backends.base import Batch, CommitOp, Lease, ObjectRef, ReleaseOp
 from duro.calls import decode_args, encode_result, pack_error
 from duro.errors import DuroError, Fenced, ObjectReset, Overloaded
@@ -52,6 +53,7 @@ class _Event:
     chain: Chain
     fut: asyncio.Future[bytes] | None
     retry: int = 0
+    trace: Any = None  # the call's OpenTelemetry context (duro.tracing), if tracing
 
 
 class Instance:
@@ -215,7 +217,8 @@ class Instance:
                 f"object {self.oid.hex[:12]}… has {len(self._queue)} queued calls; retry later",
                 not_run=True)
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Event("call", method, payload, chain, fut))
+        self._queue.append(_Event("call", method, payload, chain, fut, 0,
+                                  tracing.start_call(self, method, fut)))
         self._kick()
         return fut
 
@@ -317,6 +320,7 @@ class Instance:
             return
         self.stats.turns += 1
         token = current_call.set((self, (*ev.chain, self.key)))
+        otel = None if ev.trace is None else tracing.attach(ev.trace)
         try:
             if ev.method.startswith("__"):
                 handler = self.app.events.get(ev.method)
@@ -340,6 +344,8 @@ class Instance:
             out = pack_error(exc)
         finally:
             current_call.reset(token)
+            if otel is not None:
+                tracing.detach(otel)
         self._release(ev.fut, out)
 
     def _release(self, fut: asyncio.Future[bytes], out: bytes) -> None:
@@ -504,6 +510,7 @@ class Instance:
         self.storage._alarm = None  # during the run get_alarm() is None unless set anew
         token = current_call.set((self, (self.key,)))
         failure: Exception | None = None
+        span = tracing.alarm_span(self, ev.retry)
         try:
             await self.obj.alarm(AlarmInfo(retry_count=ev.retry))
         except Exception as exc:
@@ -512,6 +519,7 @@ class Instance:
         finally:
             current_call.reset(token)
             self._alarm_running = None
+            span.end(failure)
         if self._broken is not None:
             return
         cfg = self.app.config

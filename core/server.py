@@ -37,6 +37,7 @@ from urllib.parse import quote, unquote
 from starlette.requests import HTTPConnection, Request
 from starlette.websockets import WebSocket as ASGIWebSocket
 
+from duro import tracing
 from duro.calls import unpack
 from duro.errors import (
     BackendUnavailable,
@@ -210,7 +211,9 @@ class Server:
                           headers=[(k.decode("latin-1"), v.decode("latin-1"))
                                    for k, v in scope["headers"]],
                           body=b"".join(chunks), client=client)
-        resp = await self._fetch(ns, oid, encode_request(req))
+        with tracing.http_span(scope, ns.name, oid) as span:
+            resp = await self._fetch(ns, oid, encode_request(req))
+            span.status(resp.status)
         await _send_response(send, resp)
 
     async def _fetch(self, ns: Namespace[Any], oid: ObjectId, payload: bytes) -> Response:

@@ -29,6 +29,7 @@ import msgpack
 import uvicorn
 from starlette.datastructures import Headers
 
+from duro import tracing
 from duro.calls import pack_error
 from duro.cluster_auth import ReplayGuard, Signer
 from duro.errors import BackendUnavailable, CallTimeout, ConfigError, Overloaded, ValueTooLarge
@@ -361,7 +362,7 @@ class Transport:
             raise _Refused(403, f"{ns_name}.{method} is not callable through a stub")
         try:
             reply = await self._app._serve_forwarded(ns_name, hex_id, name, method, payload,
-                                                     chain, hops)
+                                                     chain, hops, msg.get(tracing.TRACE_FIELD))
         except AppClosing:
             # The call did not start here: the caller retries at the next owner.
             return 503, b"", {"x-duro-moving": "1", "connection": "close"}
@@ -377,7 +378,7 @@ class Transport:
         assert self._client is not None
         body = msgpack.packb({"ns": ns, "id": oid.hex, "name": oid.name, "method": method,
                               "payload": payload, "chain": [list(c) for c in chain],
-                              "hops": hops})
+                              "hops": hops, **tracing.carrier()})
         headers = {"content-type": _CONTENT_TYPE, **self.sign("POST", CALL_PATH, body)}
         peer = await self._take_slot(address)
         try:

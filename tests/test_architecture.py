@@ -20,7 +20,7 @@ PACKAGES = {"core": "duro", "backends": "duro.backends", "consistency_tests": "d
 
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {"errors", "clock", "deadlines", "stats", "ids", "keys", "codec", "calls",
-                    "config", "cluster_auth", "settings", "signals", "console"}),
+                    "config", "cluster_auth", "settings", "signals", "console", "tracing"}),
     ("backends", {"backends"}),
     ("runtime", {"host", "storage", "objects", "committer", "instance", "namespace"}),
     ("runtime events", {"fetch", "websockets"}),

@@ -82,7 +82,7 @@ def test_typed_marker_metadata_and_entry_points(built: tuple[Path, Path]) -> Non
         metadata = zf.read(f"{info}/METADATA").decode()
         entry_points = zf.read(f"{info}/entry_points.txt").decode()
     assert "Requires-Python: >=3.11" in metadata
-    for extra in ("lmdb", "s3", "server", "bench", "test", "all"):
+    for extra in ("lmdb", "s3", "server", "bench", "test", "all", "otel"):
         assert f"Provides-Extra: {extra}" in metadata
     assert "duro = duro.cli:main" in entry_points
     assert "duro = duro.testing" in entry_points
