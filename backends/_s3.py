@@ -176,6 +176,8 @@ class S3Backend(Backend):
     persistent: ClassVar[bool] = True
     multi_process: ClassVar[bool] = True
     multi_host: ClassVar[bool] = True
+    garbage_collects_log: ClassVar[bool] = True
+    """Old log records are deleted after a checkpoint (the consistency suite's ``gc-race``)."""
 
     def __init__(self, url: BackendURL, store: S3Store, layout: Layout, *,
                  checkpoint_batches: int, checkpoint_bytes: int, max_connections: int,

@@ -14,15 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from duro.backends import Backend, Batch, ObjectRef, open_backend
-from duro.errors import Fenced
+from duro.errors import DuroError, Fenced
 
 __all__ = ["RaceReport", "skew_race", "zombie_race"]
 
 B_WRITES: Final = 5
+ZOMBIE_LIMIT: Final = 100_000
+"""Commits the zombie owner may make in one trial, in all."""
+ZOMBIE_SECONDS: Final = 60.0
+"""Wall time one trial's zombie owner may run."""
 
 
 @dataclass
@@ -42,20 +47,29 @@ def _drain(backend: Backend) -> None:
 
 
 def _zombie_trial(url: str, a: Backend, b: Backend, ref: ObjectRef, bound: int,
-                  report: RaceReport) -> None:
+                  report: RaceReport, cleanup: bool = False) -> None:
     la = a.acquire(ref, owner="A", address=None, now=100.0, until=110.0)
     acked: dict[bytes, bytes] = {}
     started = threading.Event()
+    taken = threading.Event()
     outcome: list[BaseException] = []
+    deadline = time.monotonic() + ZOMBIE_SECONDS
 
     def zombie() -> None:
+        # A never stops on its own: it writes until it is fenced, at most *bound* commits
+        # after B's acquire returned (and ZOMBIE_LIMIT / ZOMBIE_SECONDS in all)
+        after = 0
         try:
-            for i in range(bound):
-                key = b"a%04d" % i
+            for i in range(ZOMBIE_LIMIT):
+                key = b"a%06d" % i
                 a.commit(ref, la.epoch, Batch(puts={key: key}))
                 acked[key] = key
                 if i == 2:
                     started.set()
+                if taken.is_set():
+                    after += 1
+                if after >= bound or time.monotonic() > deadline:
+                    break
         except BaseException as exc:
             outcome.append(exc)
         finally:
@@ -66,6 +80,7 @@ def _zombie_trial(url: str, a: Backend, b: Backend, ref: ObjectRef, bound: int,
     started.wait()
     try:
         lb = b.acquire(ref, owner="B", address=None, now=111.0, until=130.0)
+        taken.set()
         before = len(acked)
         for i in range(B_WRITES):
             key = b"b%d" % i
@@ -83,19 +98,28 @@ def _zombie_trial(url: str, a: Backend, b: Backend, ref: ObjectRef, bound: int,
         fresh.close()
     lost = sorted(k.decode() for k in acked if stored.get(k) != acked[k])
     if not outcome or not isinstance(outcome[0], Fenced):
-        report.failures.append(f"{ref.id[:8]}: the old owner was never fenced ({outcome!r:.80})")
+        report.failures.append(f"{ref.id[-8:]}: the old owner was never fenced "
+                               f"({outcome!r:.80})")
     if lost:
-        report.failures.append(f"{ref.id[:8]}: lost acknowledged writes {lost}")
+        report.failures.append(f"{ref.id[-8:]}: lost acknowledged writes {lost}")
+    if cleanup:
+        try:
+            b.delete_object(ref, lb.epoch)
+        except DuroError as exc:
+            report.failures.append(f"{ref.id[-8:]}: the new owner could not delete the object "
+                                   f"afterwards: {exc}")
 
 
 def zombie_race(url: str, *, trials: int = 50, bound: int = 400,
-                namespace: str = "ZombieRace") -> RaceReport:
-    """Run the zombie-owner race *trials* times on fresh objects of the backend at *url*."""
+                namespace: str = "ZombieRace", cleanup: bool = False) -> RaceReport:
+    """Run the zombie-owner race *trials* times on fresh objects of the backend at *url*
+    (*cleanup*: the new owner deletes each object once it was checked)."""
     report = RaceReport()
     a, b = open_backend(url), open_backend(url)
     try:
         for n in range(trials):
-            _zombie_trial(url, a, b, ObjectRef(namespace, f"{n + 1:064x}"), bound, report)
+            _zombie_trial(url, a, b, ObjectRef(namespace, f"{n + 1:064x}"), bound, report,
+                          cleanup)
             report.trials += 1
     finally:
         a.close()
@@ -153,10 +177,11 @@ async def _skew_trial(url: str, name: str, skew: float, bound: int,
 
 
 def skew_race(url: str, *, trials: int = 10, skew: float = 1000.0,
-              bound: int = 400) -> RaceReport:
-    """Run the clock-skew race *trials* times; B's clock is *skew* seconds ahead of A's."""
+              bound: int = 400, prefix: str = "") -> RaceReport:
+    """Run the clock-skew race *trials* times; B's clock is *skew* seconds ahead of A's
+    (objects named ``<prefix>skew<n>`` in namespace ``RaceKeys``)."""
     report = RaceReport()
     for n in range(trials):
-        asyncio.run(_skew_trial(url, f"skew{n}", skew, bound, report))
+        asyncio.run(_skew_trial(url, f"{prefix}skew{n}", skew, bound, report))
         report.trials += 1
     return report
