@@ -163,9 +163,13 @@ async def _skew_trial(url: str, name: str, skew: float, bound: int,
         task = asyncio.ensure_future(zombie())
         await running.wait()
         b = app_b.namespace(RaceKeys).get_by_name(name)
-        for i in range(B_WRITES):
-            await b.put(f"b{i}", i)
-            acked[f"b{i}"] = i
+        try:
+            for i in range(B_WRITES):
+                await b.put(f"b{i}", i)
+                acked[f"b{i}"] = i
+        except Exception as exc:  # the new owner lost the object to the old one: a failure
+            report.failures.append(f"{name}: the new owner's write failed while the old owner "
+                                   f"kept writing: {type(exc).__name__}: {exc}")
         outcome = await task
     async with app(ManualClock(start=clock_a.time() + 2 * skew)) as fresh:
         stored = await fresh.namespace(RaceKeys).get_by_name(name).items()
