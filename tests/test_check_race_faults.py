@@ -18,7 +18,7 @@ from duro.testing import make_backend_url
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from broken_backends.plugin_env import plugin_env  # noqa: E402
+from broken_backends.plugin_env import plugin_env
 
 
 def _duro_check(env: dict[str, str] | None, *args: str) -> tuple[int, str, str]:

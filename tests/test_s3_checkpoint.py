@@ -21,6 +21,7 @@ import pytest
 
 from duro.backends import Batch, ObjectRef, open_backend
 from duro.backends._s3 import S3Backend
+from duro.errors import Fenced
 from duro.testing import S3_TEST_BUCKET as BUCKET
 
 MiB = 2**20
@@ -154,3 +155,44 @@ def test_write_amplification_of_a_16_mib_object(
     assert after.uploaded / after.written < 2.5
     assert after.stored < 2.5 * object_bytes
     assert after.log_records < before.log_records
+
+
+def test_checkpoint_in_parts_is_loaded_by_a_new_owner_and_collected_later(
+        duro_s3_endpoint: str, raw: Any) -> None:
+    """Parts are written before their head, a new owner loads the state through them, the old
+    owner is fenced, and the parts go with their checkpoint once a newer one is collected."""
+    prefix = "parts-" + uuid.uuid4().hex[:10]
+    opts = {"part_bytes": 64 * 1024, "checkpoint_batches": 2, "checkpoint_ratio": 0}
+    a, b = _open(duro_s3_endpoint, prefix, **opts), _open(duro_s3_endpoint, prefix, **opts)
+    try:
+        la = a.acquire(REF, owner="A", address=None, now=0.0, until=10.0)
+        acked = {}
+        for i in range(4):
+            key, val = b"v%d" % i, bytes([65 + i]) * (100 * 1024)
+            a.commit(REF, la.epoch, Batch(puts={key: val}))
+            acked[key] = val
+        a._drain()
+        parts_a = {k for k, _ in _keys(raw, f"{prefix}/o/") if "/part/" in k}
+        assert len({k.rsplit("/", 2)[0] for k in parts_a}) >= 1 and len(parts_a) >= 4, parts_a
+
+        lb = b.acquire(REF, owner="B", address=None, now=11.0, until=100.0)
+        assert dict(b.scan(REF, None, None)) == acked  # loaded through the parts
+        with pytest.raises(Fenced):
+            a.commit(REF, la.epoch, Batch(puts={b"late": b"x"}))
+        for i in range(4):
+            key, val = b"w%d" % i, bytes([97 + i]) * (100 * 1024)
+            b.commit(REF, lb.epoch, Batch(puts={key: val}))
+            acked[key] = val
+        b._drain()
+        parts_b = {k for k, _ in _keys(raw, f"{prefix}/o/") if "/part/" in k}
+        assert parts_b and not parts_a & parts_b, "the old checkpoint's parts were not collected"
+        snaps = [k for k, _ in _keys(raw, f"{prefix}/o/") if "/snap/" in k]
+        assert len(snaps) == 1, snaps
+    finally:
+        a.close()
+        b.close()
+    fresh = _open(duro_s3_endpoint, prefix)
+    try:
+        assert dict(fresh.scan(REF, None, None)) == acked
+    finally:
+        fresh.close()
