@@ -322,7 +322,7 @@ def race_probes(url: str, faults: Iterable[str], *, depth: str = "default",
         n = trials[fault]
         try:
             if fault == "skew":
-                report = races.skew_race(url, trials=n, prefix=f"chk{tag}-")
+                report = races.skew_race(url, trials=n, prefix=f"chk{tag}-", cleanup=True)
             else:
                 report = races.zombie_race(url, trials=n, namespace=f"DuroCheckRace{tag}",
                                            cleanup=True)
