@@ -21,8 +21,10 @@ Faults (``--faults kill,pause,errors,skew,gc-race``; all five by default):
 * ``gc-race`` (:func:`duro.consistency.races.zombie_race`): an owner that never stops
   committing races a takeover at the backend API; on a backend that garbage-collects its log
   (S3) this races the new owner's fence against the old owner's appends *and* its GC
-  (issue 20). On other shared backends it is the zombie takeover without GC, and the report
-  says so; on a backend that is not shared it is skipped, and the report says why.
+  (issue 20; unless the URL sets ``checkpoint_batches``, the race checkpoints after every
+  batch, so GC runs inside it). On other shared backends it is the zombie takeover without
+  GC, and the report says so; on a backend that is not shared it is skipped, and the report
+  says why.
 
 ``skew`` and ``gc-race`` run as probes before the histories (:func:`race_probes`), with trials
 by depth (:data:`RACE_TRIALS`); their outcome is a row of the report's ``probes`` line.
@@ -324,7 +326,11 @@ def race_probes(url: str, faults: Iterable[str], *, depth: str = "default",
             if fault == "skew":
                 report = races.skew_race(url, trials=n, prefix=f"chk{tag}-", cleanup=True)
             else:
-                report = races.zombie_race(url, trials=n, namespace=f"DuroCheckRace{tag}",
+                race_url = url
+                if collects and "checkpoint_batches=" not in url:
+                    # checkpoint (and so collect) after every batch: GC runs inside the race
+                    race_url += ("&" if "?" in url else "?") + "checkpoint_batches=1"
+                report = races.zombie_race(race_url, trials=n, namespace=f"DuroCheckRace{tag}",
                                            cleanup=True)
         except Exception as exc:  # a broken backend's raw error: report it, do not crash
             out.append((fault, "FAILED", n, [f"the race raised {type(exc).__name__}: {exc}"]))
