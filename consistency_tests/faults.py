@@ -84,7 +84,7 @@ __all__ = [
 FAULTS: Final = ("kill", "pause", "errors", "skew", "gc-race")
 RACE_FAULTS: Final = ("skew", "gc-race")
 """The faults that run as probes (:func:`race_probes`), not inside the histories."""
-RACE_TRIALS: Final = {"quick": {"skew": 1, "gc-race": 2}, "default": {"skew": 2, "gc-race": 4},
+RACE_TRIALS: Final = {"quick": {"skew": 1, "gc-race": 4}, "default": {"skew": 2, "gc-race": 8},
                       "thorough": {"skew": 10, "gc-race": 50}}
 """Trials of each race fault per depth."""
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from duro.backends import Backend, Batch, LeaseHeld, ObjectRef, open_backend
+from duro.backends import Backend, Batch, Lease, LeaseHeld, ObjectRef, open_backend
 from duro.errors import DuroError, Fenced
 
 __all__ = ["RaceReport", "skew_race", "zombie_race"]
@@ -79,6 +79,8 @@ def _zombie_trial(url: str, a: Backend, b: Backend, ref: ObjectRef, bound: int,
     t = threading.Thread(target=zombie, name="duro-zombie-owner")
     t.start()
     started.wait()
+    lb: Lease | None = None
+    before = len(acked)
     try:
         lb = b.acquire(ref, owner="B", address=None, now=111.0, until=130.0)
         taken.set()
@@ -87,7 +89,11 @@ def _zombie_trial(url: str, a: Backend, b: Backend, ref: ObjectRef, bound: int,
             key = b"b%d" % i
             b.commit(ref, lb.epoch, Batch(puts={key: key}))
             acked[key] = key
+    except (DuroError, LeaseHeld) as exc:  # the new owner lost the object: a failure
+        report.failures.append(f"{ref.id[-8:]}: the new owner failed while the old owner kept "
+                               f"writing: {type(exc).__name__}: {exc}")
     finally:
+        taken.set()
         t.join()
     _drain(a)
     _drain(b)
@@ -103,7 +109,7 @@ def _zombie_trial(url: str, a: Backend, b: Backend, ref: ObjectRef, bound: int,
                                f"({outcome!r:.80})")
     if lost:
         report.failures.append(f"{ref.id[-8:]}: lost acknowledged writes {lost}")
-    if cleanup:
+    if cleanup and lb is not None:
         try:
             b.delete_object(ref, lb.epoch)
         except DuroError as exc:

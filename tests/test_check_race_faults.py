@@ -4,7 +4,8 @@
   when the newer lease ends far past the committer's clock) passes stage 1 and the
   ``kill,pause,errors`` faults, and the default run (which includes ``skew``) reports it.
 * A fault kind that does not apply to a backend says so in the report.
-* On S3, both race kinds run through ``duro check``'s runner against the moto server.
+* On S3, both race kinds run through ``duro check``'s runner against the moto server, and
+  ``gc-race`` alone catches ``broken-s3-gc`` (the S3 backend before issue 20's GC fix).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from duro.consistency.runner import DEFAULT_FAULTS, run_check
 from duro.testing import make_backend_url
@@ -83,3 +86,26 @@ def test_skew_and_gc_race_faults_run_on_s3(duro_s3_endpoint: str, tmp_path: Path
     assert summary.probes["gc-race"] == "ok", summary.probes  # with GC: the real race
     assert summary.probes["skew"] == "ok", summary.probes
     assert summary.faults["gc-race"] >= 1 and summary.faults["skew"] >= 1
+
+
+@pytest.mark.slow
+def test_only_the_gc_race_fault_catches_s3_with_unfenced_gc(
+        duro_s3_endpoint: str, tmp_path: Path) -> None:
+    """``broken-s3-gc``: the S3 backend before issue 20's fix (unfenced GC, 412-then-404 taken
+    as a free slot). ``gc-race`` reports lost acknowledged writes; the other faults do not."""
+    env = plugin_env(tmp_path / "plugins")  # after the fixture set the S3 credentials
+    base = f"broken-s3-gc://duro-test/{{}}?endpoint_url={duro_s3_endpoint}&region=us-east-1"
+
+    code, out, err = _duro_check(env, "--backend", base.format("gc1"), "--stage",
+                                 "linearizability", "--thorough", "--faults", "gc-race",
+                                 "--histories", "1", "--ops", "20")
+    assert code == 1, f"exit {code}\n{out}\n{err[-3000:]}"
+    flat = " ".join(out.split())
+    assert "gc-race FAILED" in flat and "gc-race probe failed" in flat, out
+    assert "Traceback" not in err, err
+
+    env["DURO_CLUSTER_SECRET"] = "gc-test-" + "x" * 32  # a plugin keeps no cluster key
+    code, out, err = _duro_check(env, "--backend", base.format("gc2"), "--quick",
+                                 "--faults", "kill,pause,errors,skew", "--histories", "4")
+    assert code == 0, f"the other faults already catch it?\nexit {code}\n{out}\n{err[-3000:]}"
+    assert "skew ok" in " ".join(out.split()), out

@@ -32,6 +32,7 @@ def plugin_env(directory: Path) -> dict[str, str]:
     lines += [f"{scheme} = broken_backends.defects:{cls.__name__}"
               for scheme, (cls, _) in (DEFECTS | STAGE2_DEFECTS).items()]
     lines += [f"{scheme} = {target}" for scheme, target in BAD_PLUGINS.items()]
+    lines.append("broken-s3-gc = broken_backends.s3_gc:UnfencedGcS3")
     (dist / "entry_points.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     env = dict(os.environ)
     paths = [str(directory), str(Path(__file__).parent.parent)]
