@@ -85,6 +85,9 @@ from duro.backends._s3_log import (
     encode_batch,
     encode_fence,
     encode_snapshot,
+    join_parts,
+    snapshot_head,
+    snapshot_parts,
 )
 from duro.backends._s3_store import Outcome, PutResult, S3Store
 from duro.backends.base import (
@@ -105,7 +108,10 @@ __all__ = ["S3Backend"]
 log = logging.getLogger("duro.backends.s3")
 
 OPTIONS: Final = ("endpoint_url", "region", "sync", "checkpoint_batches", "checkpoint_bytes",
-                  "timeout", "retries", "max_connections", "lease_slack")
+                  "timeout", "retries", "max_connections", "lease_slack", "part_bytes",
+                  "min_rate", "checkpoint_ratio")
+_LOG_CAP: Final = 16
+"""A checkpoint is due after ``_LOG_CAP * checkpoint_batches`` batches whatever their size."""
 _LOAD_ATTEMPTS: Final = 6
 _MAX_CACHED: Final = 4096
 _FENCE_WINDOWS: Final = (1, 2, 8, 32, 64, 64, 64)
@@ -146,6 +152,13 @@ class _Obj:
     def snap_folder(self) -> str:
         return self.base + "snap/"
 
+    @property
+    def part_folder(self) -> str:
+        return self.base + "part/"
+
+    def part_key(self, seq: int, token: str, i: int) -> str:
+        return f"{self.part_folder}{Layout.seq_name(seq)}/{token}/{i:06d}"
+
     def log_key(self, seq: int) -> str:
         return self.log_folder + Layout.seq_name(seq)
 
@@ -163,15 +176,20 @@ class S3Backend(Backend):
     persistent: ClassVar[bool] = True
     multi_process: ClassVar[bool] = True
     multi_host: ClassVar[bool] = True
+    garbage_collects_log: ClassVar[bool] = True
+    """Old log records are deleted after a checkpoint (the consistency suite's ``gc-race``)."""
 
     def __init__(self, url: BackendURL, store: S3Store, layout: Layout, *,
                  checkpoint_batches: int, checkpoint_bytes: int, max_connections: int,
-                 lease_slack: float = 0.0) -> None:
+                 lease_slack: float = 0.0, part_bytes: int = 8 * 2**20,
+                 checkpoint_ratio: float = 1.0) -> None:
         self.url = url
         self._store = store
         self._layout = layout
         self._checkpoint_batches = checkpoint_batches
         self._checkpoint_bytes = checkpoint_bytes
+        self._part_bytes = part_bytes
+        self._checkpoint_ratio = checkpoint_ratio
         self._lease_slack = lease_slack
         self._objs: dict[ObjectRef, _Obj] = {}
         self._objs_lock = threading.Lock()
@@ -204,6 +222,10 @@ class S3Backend(Backend):
         checkpoint_batches = max(1, int(url.number("checkpoint_batches", 64, minimum=1)))
         checkpoint_bytes = int(url.number("checkpoint_bytes", float(2**20), minimum=1))
         lease_slack = url.number("lease_slack", 0.0)
+        part_bytes = int(url.number("part_bytes", float(8 * 2**20), minimum=1024))
+        min_rate = url.number("min_rate", float(2**20), minimum=1.0)
+        checkpoint_ratio = url.number("checkpoint_ratio", 1.0)
+        bulk_timeout = timeout + part_bytes / min_rate
         env_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         try:
             session = boto3.session.Session()
@@ -216,13 +238,18 @@ class S3Backend(Backend):
             )
             client = session.client("s3", endpoint_url=endpoint, region_name=region,
                                      config=config)
+            bulk = session.client("s3", endpoint_url=endpoint, region_name=region,
+                                  config=config.merge(Config(connect_timeout=timeout,
+                                                             read_timeout=bulk_timeout)))
         except (BotoCoreError, ClientError, ValueError) as exc:
             raise ConfigError(f"cannot configure S3 for {url.raw!r}: {exc}", orig=exc) from exc
         shown = endpoint or env_endpoint or f"AWS S3 ({region})"
-        store = S3Store(client, bucket, shown, retries=retries)
+        store = S3Store(client, bucket, shown, retries=retries, timeout=timeout,
+                        bulk_client=bulk, bulk_timeout=bulk_timeout)
         backend = cls(url, store, Layout(url.path), checkpoint_batches=checkpoint_batches,
                       checkpoint_bytes=checkpoint_bytes, max_connections=max_connections,
-                      lease_slack=lease_slack)
+                      lease_slack=lease_slack, part_bytes=part_bytes,
+                      checkpoint_ratio=checkpoint_ratio)
         try:
             backend._check_format()
         except BaseException:
@@ -347,15 +374,32 @@ class S3Backend(Backend):
                         for k in self._store.list_keys(o.snap_folder)]
             st = ObjectState()
             if seqs:
-                key = o.snap_key(max(seqs))
-                got = self._store.get(key)
-                if got is None:
+                loaded = self._read_snapshot(o, max(seqs))
+                if loaded is None:
                     continue  # a newer checkpoint replaced it meanwhile
-                st = decode_snapshot(got[0], key, max(seqs))
+                st = loaded
             if self._catch_up(o, st):
                 return st
         raise BackendUnavailable(
             f"object {o.short()}: its log kept changing while it was loaded; retry")
+
+    def _read_snapshot(self, o: _Obj, seq: int) -> ObjectState | None:
+        """The checkpoint at *seq* (whole, or reassembled from its parts), or ``None`` if it
+        or one of its parts is gone (collected after a newer checkpoint)."""
+        key = o.snap_key(seq)
+        got = self._store.get(key, bulk=True)
+        if got is None:
+            return None
+        parts = snapshot_parts(got[0], key, seq)
+        if parts is None:
+            return decode_snapshot(got[0], key, seq)
+        keys = [o.part_key(seq, parts.token, i) for i in range(parts.count)]
+        bodies = (list(self._io_pool.map(lambda k: self._store.get(k, bulk=True), keys))
+                  if len(keys) > 1 else [self._store.get(keys[0], bulk=True)])
+        if any(b is None for b in bodies):
+            return None
+        body = join_parts(parts, [b[0] for b in bodies if b is not None], key)
+        return decode_snapshot(body, key, seq)
 
     def _refresh(self, o: _Obj) -> ObjectState:
         """Bring the cached state up to date with S3 (caller holds ``o.io``)."""
@@ -687,8 +731,7 @@ class S3Backend(Backend):
 
     def _maybe_checkpoint(self, o: _Obj, st: ObjectState, epoch: int) -> None:
         """Start a background checkpoint if enough log piled up (caller holds ``o.io``)."""
-        if o.checkpointing or (st.batches_since_snap < self._checkpoint_batches
-                               and st.bytes_since_snap < self._checkpoint_bytes):
+        if o.checkpointing or not self._checkpoint_due(st):
             return
         seq = st.next - 1
         with o.data:
@@ -697,11 +740,27 @@ class S3Backend(Backend):
         st.batch_seqs = [s for s in st.batch_seqs if s >= seq]
         st.batches_since_snap = st.bytes_since_snap = 0
         st.snap_seq = seq
+        st.snap_bytes = len(body)
         o.checkpointing = True
         future = self._task_pool.submit(self._checkpoint, o, seq, body, old, epoch)
         with self._background_lock:
             self._background.add(future)
         future.add_done_callback(self._background_done)
+
+    def _checkpoint_due(self, st: ObjectState) -> bool:
+        """Whether enough log piled up for a checkpoint.
+
+        ``checkpoint_batches`` batches or ``checkpoint_bytes`` bytes make one due, but only once
+        the log since the last checkpoint is at least ``checkpoint_ratio`` times that
+        checkpoint's size (or ``16 * checkpoint_batches`` batches long): rewriting a 16 MiB
+        object after every MiB of changes would upload 16 bytes per byte written. With the
+        default ratio 1, checkpoints add at most about one byte per byte of log.
+        """
+        if (st.batches_since_snap < self._checkpoint_batches
+                and st.bytes_since_snap < self._checkpoint_bytes):
+            return False
+        return (st.bytes_since_snap >= self._checkpoint_ratio * st.snap_bytes
+                or st.batches_since_snap >= _LOG_CAP * self._checkpoint_batches)
 
     def _background_done(self, future: Future[None]) -> None:
         with self._background_lock:
@@ -717,7 +776,8 @@ class S3Backend(Backend):
         try:
             self._write_checkpoint(o, seq, body, old, epoch)
         except DuroError as exc:
-            log.warning("object %s: checkpoint at %d failed: %s", o.short(), seq, exc)
+            log.warning("object %s: checkpoint at %d (%d bytes) failed, the log is kept and "
+                        "collected after a later checkpoint: %s", o.short(), seq, len(body), exc)
             with o.io:  # keep track of the batch records still to collect
                 if o.state is not None:
                     o.state.batch_seqs[:0] = old
@@ -734,9 +794,25 @@ class S3Backend(Backend):
         is ever deleted by an older owner (see the module docs).
         """
         key = o.snap_key(seq)
+        head = body
+        part_keys: list[str] = []
+        if len(body) > self._part_bytes:
+            token = _wid()
+            n = self._part_bytes
+            parts = [body[i:i + n] for i in range(0, len(body), n)]
+            part_keys = [o.part_key(seq, token, i) for i in range(len(parts))]
+            # each part within the bulk client's timeout (scaled to part_bytes); put() retries
+            list(self._io_pool.map(lambda k, b: self._store.put(k, b, bulk=True),
+                                   part_keys, parts))
+            head = snapshot_head(seq, body, token, len(parts))
         for attempt in range(self._store.retries + 1):
-            res = self._store.put_conditional(key, body)
-            if res.outcome in (Outcome.OK, Outcome.PRECONDITION_FAILED):
+            res = self._store.put_conditional(key, head, bulk=True)
+            if res.outcome is Outcome.OK:
+                break
+            if res.outcome is Outcome.PRECONDITION_FAILED:
+                # a checkpoint at seq exists (an earlier attempt of ours whose answer was lost,
+                # or another writer's): the same state; parts this attempt wrote may be unused
+                # (they are collected with the next checkpoint above seq)
                 break
             self._store.sleep_backoff(attempt + 1)
         else:
@@ -752,7 +828,14 @@ class S3Backend(Backend):
         doomed = [o.log_key(s) for s in old if s < seq]  # never fences, never the newest record
         doomed += [k for k in self._store.list_keys(o.snap_folder)
                    if self._layout.parse_seq(k, o.snap_folder) < seq]
+        doomed += [k for k in self._store.list_keys(o.part_folder)
+                   if self._part_seq(o, k) < seq]
         list(self._io_pool.map(self._store.delete, doomed))
+
+    def _part_seq(self, o: _Obj, key: str) -> int:
+        """The checkpoint sequence number a part key belongs to."""
+        head = key[:len(o.part_folder) + len(Layout.seq_name(0))]
+        return self._layout.parse_seq(head, o.part_folder)
 
     def delete_object(self, ref: ObjectRef, epoch: int) -> None:
         """Write a tombstone (delete-all) record, checkpoint it, then remove data and registry."""
@@ -771,6 +854,7 @@ class S3Backend(Backend):
             st.batch_seqs = [seq]
             st.batches_since_snap = st.bytes_since_snap = 0
             st.snap_seq = seq
+            st.snap_bytes = len(body)
             with o.data:
                 st.last_active = None
             self._write_checkpoint(o, seq, body, old, epoch)

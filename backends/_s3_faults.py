@@ -13,6 +13,12 @@ an attempt (operation and a substring of the URL) is consumed and applied:
 - ``"hook"``: call ``hook()`` (e.g. to let another writer act in this exact window), then send
   normally: explicit interleavings without timing.
 
+Besides planned faults, :meth:`FaultInjector.set_link` models a slow uplink: every request
+body takes ``size / rate`` seconds to send; one that cannot be sent within the request's
+timeout (the client's ``read_timeout``) fails with a read timeout after that long and does
+not land, as a real upload cut off by the socket timeout. The decision depends only on the
+size, the rate and the timeout, never on how fast the machine runs.
+
 Only tests use the injector (``backend._faults``); with nothing planned it costs one lock.
 """
 
@@ -72,11 +78,18 @@ class RequestCounts:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
+        self._bytes: Counter[str] = Counter()
 
-    def add(self, op: str) -> None:
-        """Count one attempt of *op*."""
+    def add(self, op: str, nbytes: int = 0) -> None:
+        """Count one attempt of *op* that sent *nbytes* of body."""
         with self._lock:
             self._counts[op] += 1
+            self._bytes[op] += nbytes
+
+    def bytes_sent(self) -> Counter[str]:
+        """Request body bytes sent so far, per operation (uploads: ``PutObject``)."""
+        with self._lock:
+            return Counter(self._bytes)
 
     def snapshot(self) -> Counter[str]:
         """A copy of the counts so far (subtract two snapshots to measure a span)."""
@@ -87,6 +100,7 @@ class RequestCounts:
         """Start counting from zero."""
         with self._lock:
             self._counts.clear()
+            self._bytes.clear()
 
     @staticmethod
     def summary(counts: Counter[str]) -> dict[str, int]:
@@ -106,6 +120,14 @@ class RequestCounts:
         return out
 
 
+def _body_size(request: AWSPreparedRequest) -> int:
+    """The request body's size in bytes (from ``Content-Length``; 0 without a body)."""
+    try:
+        return int(request.headers.get("Content-Length") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 class FaultInjector:
     """A queue of planned faults, consumed in order by matching S3 requests."""
 
@@ -115,6 +137,13 @@ class FaultInjector:
         self.injected: list[tuple[str, str, str]] = []
         """``(kind, op, url)`` of every fault applied so far."""
         self._session: URLLib3Session | None = None
+        self._link_rate: float | None = None
+
+    def set_link(self, rate: float | None) -> None:
+        """Model an uplink of *rate* bytes per second for request bodies (``None``: off)."""
+        if rate is not None and rate <= 0:
+            raise ValueError("the link rate must be positive")
+        self._link_rate = rate
 
     def plan(self, kind: str, *, op: str | None = None, key: str | None = None,
              count: int = 1, delay: float = 0.0,
@@ -155,15 +184,27 @@ class FaultInjector:
             session = self._session
         session.send(request).content  # noqa: B018 - read the body so the request completes
 
-    def apply(self, op: str, request: AWSPreparedRequest,
-              counts: RequestCounts) -> AWSResponse | None:
-        """Count the attempt and apply a matching planned fault, if any.
+    def apply(self, op: str, request: AWSPreparedRequest, counts: RequestCounts,
+              timeout: float | None = None) -> AWSResponse | None:
+        """Count the attempt and apply a matching planned fault, if any; *timeout* is the
+        client's read timeout (for the link model of :meth:`set_link`).
 
         Returns a response to short-circuit the request, or ``None`` to send it normally.
         """
+        size = _body_size(request)
+        rate = self._link_rate
+        if rate is not None and size:
+            needed = size / rate
+            if timeout is not None and needed > timeout:
+                time.sleep(timeout)
+                counts.add(op, int(rate * timeout))
+                with self._lock:
+                    self.injected.append(("link-timeout", op, request.url))
+                raise ReadTimeoutError(endpoint_url=request.url)
+            time.sleep(needed)
         fault = self._take(op, request.url) if self._planned else None
         if fault is None:
-            counts.add(op)
+            counts.add(op, size)
             return None
         if fault.kind in _ERRORS:
             code, message = _ERRORS[fault.kind]
@@ -174,14 +215,14 @@ class FaultInjector:
         if fault.kind == "timeout_before":
             raise ReadTimeoutError(endpoint_url=request.url)
         if fault.kind == "timeout_after":
-            counts.add(op)
+            counts.add(op, size)
             self._forward(request)
             raise ReadTimeoutError(endpoint_url=request.url)
         if fault.hook is not None:
             fault.hook()
         else:
             time.sleep(fault.delay)  # "slow"
-        counts.add(op)
+        counts.add(op, size)
         return None
 
     def close(self) -> None:

@@ -6,9 +6,17 @@ spreads objects over S3 partitions, ``<nsh>`` = a hash of the namespace)::
     duro-format.json                         {"duro": "s3", "format": 1}
     o/<hh>/<nsh>/<q id>/lease.json           lease: epoch, owner, address, until, name (CAS)
     o/<hh>/<nsh>/<q id>/log/<seq:020d>       immutable records, created with If-None-Match: *
-    o/<hh>/<nsh>/<q id>/snap/<seq:020d>      checkpoints: the whole state as of <seq>
+    o/<hh>/<nsh>/<q id>/snap/<seq:020d>      checkpoints: the whole state as of <seq>, or for
+                                             a large one a head naming its parts
+    o/<hh>/<nsh>/<q id>/part/<seq:020d>/<token>/<i:06d>   the parts of a large checkpoint
     ns/<q ns>/<q id>                         registry marker (listing a namespace = one LIST)
     alarms/<yyyymmddhhmm>/<q ns>/<q id>/<epoch:020d>.<token>   alarm index hints, by minute
+
+A checkpoint larger than the ``part_bytes`` option is cut into parts, each PUT on its own
+(unconditionally: the token makes their keys unique to one attempt), and only then is its head
+``snap/<seq>`` created; the head carries the parts' count, total size and SHA-256, so a loader
+either finds every part of a checkpoint it can see or retries. Parts are collected with the
+checkpoints they belong to (and orphans of failed attempts with the next checkpoint above).
 
 Log records and checkpoints are msgpack maps carrying ``duro``, ``format``, ``kind``, ``seq``;
 records also ``epoch`` and a unique write id ``wid``. Kinds: ``fence`` (a new owner's first
@@ -36,12 +44,16 @@ __all__ = [
     "Layout",
     "LeaseDoc",
     "ObjectState",
+    "SnapshotParts",
     "alarm_bucket",
     "decode_record",
     "decode_snapshot",
     "encode_batch",
     "encode_fence",
     "encode_snapshot",
+    "join_parts",
+    "snapshot_head",
+    "snapshot_parts",
 ]
 
 SEQ_DIGITS: Final = 20
@@ -279,6 +291,9 @@ class ObjectState:
     """Batch records after the checkpoint (and at it), not yet garbage-collected."""
     batches_since_snap: int = 0
     bytes_since_snap: int = 0
+    snap_bytes: int = 0
+    """Encoded size of the latest checkpoint (taken or loaded): the next one is due only once
+    about as many log bytes piled up, which bounds the write amplification of big objects."""
 
     @property
     def size(self) -> int:
@@ -354,7 +369,7 @@ def decode_snapshot(body: bytes, key: str, seq: int) -> ObjectState:
             alarm_key=d.get("akey"),
             last_active=None if d.get("active") is None else float(d["active"]),
             next=seq + 1, fence_epoch=int(d.get("fence_epoch", 0)), snap_seq=seq,
-            snap_kind=str(d.get("kind_at_seq", "fence")),
+            snap_kind=str(d.get("kind_at_seq", "fence")), snap_bytes=len(body),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise BackendError(f"corrupt duro checkpoint {key!r}: {exc}", orig=exc) from exc
@@ -363,3 +378,47 @@ def decode_snapshot(body: bytes, key: str, seq: int) -> ObjectState:
     if st.snap_kind == "batch":
         st.batch_seqs.append(seq)
     return st
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotParts:
+    """What the head of a checkpoint stored in parts says about them."""
+
+    token: str
+    count: int
+    size: int
+    sha256: str
+
+
+def snapshot_head(seq: int, body: bytes, token: str, count: int) -> bytes:
+    """The head ``snap/<seq>`` of a checkpoint *body* stored as *count* parts under *token*."""
+    return _pack({"duro": SNAP_MAGIC, "format": FORMAT_VERSION, "seq": seq,
+                  "parts": {"token": token, "count": count, "size": len(body),
+                            "sha256": hashlib.sha256(body).hexdigest()}})
+
+
+def snapshot_parts(body: bytes, key: str, seq: int) -> SnapshotParts | None:
+    """The parts a checkpoint head names, or ``None`` if *body* is a whole checkpoint."""
+    d = _unpack(body, key, SNAP_MAGIC, "checkpoint")
+    p = d.get("parts")
+    if p is None:
+        return None
+    try:
+        if int(d["seq"]) != seq:
+            raise ValueError(f"holds seq {d['seq']}")
+        parts = SnapshotParts(str(p["token"]), int(p["count"]), int(p["size"]),
+                              str(p["sha256"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BackendError(f"corrupt duro checkpoint head {key!r}: {exc}", orig=exc) from exc
+    if parts.count < 1 or not parts.token.isalnum():
+        raise BackendError(f"corrupt duro checkpoint head {key!r}: {parts}")
+    return parts
+
+
+def join_parts(parts: SnapshotParts, bodies: list[bytes], key: str) -> bytes:
+    """The checkpoint body reassembled from its parts, checked against the head."""
+    body = b"".join(bodies)
+    if len(body) != parts.size or hashlib.sha256(body).hexdigest() != parts.sha256:
+        raise BackendError(f"corrupt duro checkpoint {key!r}: its {parts.count} parts do not "
+                           f"add up to the {parts.size} bytes its head describes")
+    return body

@@ -89,18 +89,26 @@ class S3Store:
     """One bucket (and the client that reaches it), with duro's error mapping and retries."""
 
     def __init__(self, client: S3Client, bucket: str, endpoint: str, *, retries: int,
-                 backoff: float = 0.05) -> None:
+                 backoff: float = 0.05, timeout: float | None = None,
+                 bulk_client: S3Client | None = None,
+                 bulk_timeout: float | None = None) -> None:
         self.client = client
+        self.bulk_client = bulk_client or client
+        """The client for large bodies (checkpoint parts): its timeout is scaled to their size."""
         self.bucket = bucket
         self.endpoint = endpoint
         self.retries = retries
         self.backoff = backoff
         self.counts = RequestCounts()
         self.faults = FaultInjector()
-        client.meta.events.register("before-send.s3", self._before_send)
+        client.meta.events.register("before-send.s3", partial(self._before_send, timeout))
+        if bulk_client is not None and bulk_client is not client:
+            bulk_client.meta.events.register("before-send.s3",
+                                             partial(self._before_send, bulk_timeout))
 
-    def _before_send(self, request: Any, event_name: str = "", **kwargs: Any) -> Any:
-        return self.faults.apply(event_name.rsplit(".", 1)[-1], request, self.counts)
+    def _before_send(self, timeout: float | None, request: Any, event_name: str = "",
+                     **kwargs: Any) -> Any:
+        return self.faults.apply(event_name.rsplit(".", 1)[-1], request, self.counts, timeout)
 
     # -- error mapping -----------------------------------------------------------------------
 
@@ -162,11 +170,14 @@ class S3Store:
 
     # -- operations --------------------------------------------------------------------------
 
-    def get(self, key: str) -> tuple[bytes, str] | None:
-        """The body and ETag of *key*, or ``None`` if it does not exist."""
+    def get(self, key: str, *, bulk: bool = False) -> tuple[bytes, str] | None:
+        """The body and ETag of *key*, or ``None`` if it does not exist (*bulk*: a large body,
+        read with the bulk client's longer timeout)."""
+        client = self.bulk_client if bulk else self.client
+
         def call() -> tuple[bytes, str] | None:
             try:
-                resp = self.client.get_object(Bucket=self.bucket, Key=key)
+                resp = client.get_object(Bucket=self.bucket, Key=key)
                 return resp["Body"].read(), str(resp.get("ETag", ""))
             except ClientError as exc:
                 code, status = _code(exc)
@@ -175,25 +186,30 @@ class S3Store:
                 raise
         return self._retrying("GET", key, call)
 
-    def put(self, key: str, body: bytes) -> str:
-        """An unconditional, idempotent PUT; returns the ETag."""
+    def put(self, key: str, body: bytes, *, bulk: bool = False) -> str:
+        """An unconditional, idempotent PUT; returns the ETag (*bulk*: see :meth:`get`)."""
+        client = self.bulk_client if bulk else self.client
+
         def call() -> str:
-            return str(self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
+            return str(client.put_object(Bucket=self.bucket, Key=key, Body=body)
                        .get("ETag", ""))
         return self._retrying("PUT", key, call)
 
-    def put_conditional(self, key: str, body: bytes, *, if_match: str | None = None) -> PutResult:
-        """One PUT attempt, create-only (``If-None-Match: *``) or, with *if_match*, a CAS.
+    def put_conditional(self, key: str, body: bytes, *, if_match: str | None = None,
+                        bulk: bool = False) -> PutResult:
+        """One PUT attempt, create-only (``If-None-Match: *``) or, with *if_match*, a CAS
+        (*bulk*: see :meth:`get`).
 
         Raises a duro error only for failures that retrying cannot fix (credentials, bucket).
         """
+        client = self.bulk_client if bulk else self.client
         try:
             if if_match is None:
-                resp = self.client.put_object(Bucket=self.bucket, Key=key, Body=body,
-                                              IfNoneMatch="*")
+                resp = client.put_object(Bucket=self.bucket, Key=key, Body=body,
+                                         IfNoneMatch="*")
             else:
-                resp = self.client.put_object(Bucket=self.bucket, Key=key, Body=body,
-                                              IfMatch=if_match)
+                resp = client.put_object(Bucket=self.bucket, Key=key, Body=body,
+                                         IfMatch=if_match)
             return PutResult(Outcome.OK, str(resp.get("ETag", "")))
         except ClientError as exc:
             code, status = _code(exc)
@@ -268,3 +284,5 @@ class S3Store:
         """Close the client's connections."""
         self.faults.close()
         self.client.close()
+        if self.bulk_client is not self.client:
+            self.bulk_client.close()

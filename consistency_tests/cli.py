@@ -5,7 +5,7 @@
   JSON summary (``.json``) or the text explanation (any other name).
 - ``duro check [--backend URL] [--quick | --thorough] [--stage all|contract|linearizability]
   [--keep-going] [--json] [--seed N] [--ops N] [--objects N] [--clients N] [--processes N]
-  [--faults kill,pause,errors] [--history-out FILE] [--report FILE] [--histories N]
+  [--faults kill,pause,errors,skew,gc-race] [--history-out FILE] [--report FILE] [--histories N]
   [--mode M] [--mutant NAME]`` checks a backend in two stages (:mod:`duro.consistency.stages`):
   stage 1 drives the storage contract check by check (:mod:`duro.consistency.contract`);
   stage 2 runs the workloads under faults and checks every history
@@ -111,7 +111,8 @@ def check(
     processes: Annotated[int | None, typer.Option("--processes", help="OS processes.",
                                                   min=1)] = None,
     faults: Annotated[str | None, typer.Option(
-        "--faults", help="Faults to inject: comma-separated kill,pause,errors.")] = None,
+        "--faults", help="Faults to inject: comma-separated kill,pause,errors,skew,gc-race "
+        "(default: all five; 'none' for none).")] = None,
     history_out: Annotated[Path | None, typer.Option(
         "--history-out", help="Write the recorded history here (JSONL).", dir_okay=False)] = None,
     report: Annotated[Path | None, typer.Option(

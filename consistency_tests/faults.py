@@ -1,6 +1,6 @@
 """Fault injection for the consistency suite, and sound bounds for the ops faults leave unknown.
 
-Faults (``--faults kill,pause,errors``):
+Faults (``--faults kill,pause,errors,skew,gc-race``; all five by default):
 
 * ``kill``: ``kill -9`` of a process that owns objects while its clients are writing
   (free-running mode, real OS processes on a shared backend); in deterministic mode an App is
@@ -14,6 +14,20 @@ Faults (``--faults kill,pause,errors``):
 * ``errors``: :class:`FaultyBackend` wraps the real backend (a :class:`ProxyBackend`) and makes
   a small fraction of calls fail, including a commit that *landed* and then reports a timeout
   (the outcome-unknown case), plus optional latency.
+* ``skew`` (:func:`duro.consistency.races.skew_race`): two Apps on the backend whose wall
+  clocks differ by far more than the drift margin; the one ahead takes the object over while
+  the other still believes its lease valid and keeps writing. The old owner must be fenced and
+  no acknowledged write lost. Needs a backend shared between Apps (not ``memory://``).
+* ``gc-race`` (:func:`duro.consistency.races.zombie_race`): an owner that never stops
+  committing races a takeover at the backend API; on a backend that garbage-collects its log
+  (S3) this races the new owner's fence against the old owner's appends *and* its GC
+  (issue 20; unless the URL sets ``checkpoint_batches``, the race checkpoints after every
+  batch, so GC runs inside it). On other shared backends it is the zombie takeover without
+  GC, and the report says so; on a backend that is not shared it is skipped, and the report
+  says why.
+
+``skew`` and ``gc-race`` run as probes before the histories (:func:`race_probes`), with trials
+by depth (:data:`RACE_TRIALS`); their outcome is a row of the report's ``probes`` line.
 
 Bounds (:func:`bound_infos`). An op whose outcome is unknown is recorded ``info``; left
 unbounded it may take effect at any later time, which is sound but makes the search slow. The
@@ -58,13 +72,21 @@ from duro.errors import BackendUnavailable
 
 __all__ = [
     "FAULTS",
+    "RACE_FAULTS",
+    "RACE_TRIALS",
     "AcquireLog",
     "FaultyBackend",
     "bound_infos",
     "parse_faults",
+    "race_probes",
 ]
 
-FAULTS: Final = ("kill", "pause", "errors")
+FAULTS: Final = ("kill", "pause", "errors", "skew", "gc-race")
+RACE_FAULTS: Final = ("skew", "gc-race")
+"""The faults that run as probes (:func:`race_probes`), not inside the histories."""
+RACE_TRIALS: Final = {"quick": {"skew": 1, "gc-race": 4}, "default": {"skew": 2, "gc-race": 8},
+                      "thorough": {"skew": 10, "gc-race": 50}}
+"""Trials of each race fault per depth."""
 
 
 def parse_faults(spec: str | Iterable[str] | None) -> frozenset[str]:
@@ -267,3 +289,54 @@ def bound_infos(history: History, acquires: Iterable[tuple[int, str, int]], *,
             out.append(Event(p, "info", inv.f, inv.object, inv.key, None, t_end,
                              {"bound": max(b, inv.time), "error": "open at end"}))
     return History(out, source=history.source)
+
+
+def race_probes(url: str, faults: Iterable[str], *, depth: str = "default",
+                seed: int = 0) -> list[tuple[str, str, int, list[str]]]:
+    """Run the race faults among *faults* against the backend at *url*.
+
+    Returns one ``(fault, status, trials, failures)`` per race fault asked for: *status* is
+    ``ok``, ``ok (...)`` with what the fault could not exercise on this backend, ``FAILED``,
+    or ``skipped: why`` when it does not apply. A race that raises is a failure, reported with
+    the exception's type and message, never a traceback.
+    """
+    from duro.backends import open_backend
+    from duro.consistency import races
+
+    asked = [f for f in RACE_FAULTS if f in set(faults)]
+    if not asked:
+        return []
+    probe = open_backend(url)
+    try:
+        shared = probe.multi_process
+        scheme = probe.scheme
+        collects = bool(getattr(probe, "garbage_collects_log", False))
+    finally:
+        probe.close()
+    trials = RACE_TRIALS.get(depth, RACE_TRIALS["default"])
+    tag = f"{seed:x}{random.getrandbits(32):08x}"
+    out: list[tuple[str, str, int, list[str]]] = []
+    for fault in asked:
+        if not shared:
+            out.append((fault, f"skipped: {scheme}:// is not shared between Apps or processes, "
+                        "so no second owner can race the first", 0, []))
+            continue
+        n = trials[fault]
+        try:
+            if fault == "skew":
+                report = races.skew_race(url, trials=n, prefix=f"chk{tag}-", cleanup=True)
+            else:
+                race_url = url
+                if collects and "checkpoint_batches=" not in url:
+                    # checkpoint (and so collect) after every batch: GC runs inside the race
+                    race_url += ("&" if "?" in url else "?") + "checkpoint_batches=1"
+                report = races.zombie_race(race_url, trials=n, namespace=f"DuroCheckRace{tag}",
+                                           cleanup=True)
+        except Exception as exc:  # a broken backend's raw error: report it, do not crash
+            out.append((fault, "FAILED", n, [f"the race raised {type(exc).__name__}: {exc}"]))
+            continue
+        status = "ok" if not report.failures else "FAILED"
+        if status == "ok" and fault == "gc-race" and not collects:
+            status = f"ok (zombie takeover only: {scheme}:// does not garbage-collect a log)"
+        out.append((fault, status, report.trials, report.failures))
+    return out

@@ -3,7 +3,7 @@
 ``check_command(...)`` implements ``duro check``'s option set::
 
     duro check [--backend URL] [--seed N] [--ops N] [--objects N] [--clients N]
-               [--processes N] [--faults kill,pause,errors] [--history-out FILE]
+               [--processes N] [--faults kill,pause,errors,skew,gc-race] [--history-out FILE]
                [--report FILE] [--mutant NAME] [--histories N] [--mode MODE]
     duro check --history FILE
 
@@ -75,8 +75,8 @@ def check_command(backend: str | None = None, seed: int = 0, ops: int = 200, obj
     """Run ``duro check`` with these options; returns the exit code (0, 1, 2 or 3).
 
     *on_summary*, if given, receives the run's summary after it is printed. ``faults=None``
-    injects the runner's default faults (kill, pause, errors); ``histories=None`` takes the
-    count from *depth* (``quick``, ``default`` or ``thorough``).
+    injects the runner's default faults (kill, pause, errors, skew, gc-race);
+    ``histories=None`` takes the count from *depth* (``quick``, ``default`` or ``thorough``).
     """
     console = console or Console()
     err = Console(stderr=True)

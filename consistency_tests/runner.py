@@ -16,8 +16,10 @@ a large key set (more keys than activation loads with its one scan), many object
 share long prefixes, and the small contended keys; ranges of every shape, get_many,
 delete_all and the alarm; each App has a small cache or activation scan, objects are evicted
 at random between ops, and the backend is closed and reopened before the final reads.
-The faults are ``kill,pause,errors`` unless *faults* says otherwise. *depth* (``quick``,
-``default``, ``thorough``) trades time for depth (:data:`DEPTHS`).
+The faults are ``kill,pause,errors,skew,gc-race`` unless *faults* says otherwise; ``skew``
+and ``gc-race`` run as probes after the fencing and crash probes
+(:mod:`duro.consistency.faults`). *depth* (``quick``, ``default``, ``thorough``) trades time
+for depth (:data:`DEPTHS`).
 
 Modes: ``deterministic``, ``tasks``, ``threads``, ``processes``, ``http`` (clients over HTTP
 against two ``duro serve`` processes, :mod:`duro.consistency.http_mode`), or ``mixed`` (the
@@ -50,7 +52,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from duro.backends import Backend, open_backend
 from duro.backends._proxy import CountingBackend
 from duro.consistency.checker import CheckResult, check_history
-from duro.consistency.faults import parse_faults
+from duro.consistency.faults import parse_faults, race_probes
 from duro.consistency.freerun import run_free
 from duro.consistency.history import History
 from duro.consistency.http_mode import HttpRunResult, absolute_url, run_http
@@ -287,7 +289,7 @@ class Depth:
 
 DEPTHS: Final = {"quick": Depth(8, 6, 1, 0), "default": Depth(16, 12, 2, 1),
                  "thorough": Depth(60, 32, 4, None)}
-DEFAULT_FAULTS: Final = frozenset({"kill", "pause", "errors"})
+DEFAULT_FAULTS: Final = frozenset({"kill", "pause", "errors", "skew", "gc-race"})
 CACHE_ENTRIES: Final = (2, 6, 24, 100_000)
 PRELOAD_KEYS: Final = (1, 4, 32, 256)
 
@@ -336,10 +338,27 @@ def _counting(url: str, calls: Counter[str]) -> Backend:
     return b
 
 
+def _race_probes(url: str, seed: int, depth: str, faults: frozenset[str],
+                 summary: CheckSummary) -> ProbeResult | None:
+    """Run the race faults asked for (``skew``, ``gc-race``); the first that failed, or None.
+    A fault that does not apply to the backend shows as ``skipped: why`` in the probes."""
+    failed: ProbeResult | None = None
+    for fault, status, trials, failures in race_probes(url, faults, depth=depth, seed=seed):
+        summary.probes[fault] = status
+        if trials:
+            summary.faults[fault] = summary.faults.get(fault, 0) + trials
+        if failures and failed is None:
+            failed = ProbeResult(fault, False, f"{len(failures)} failure(s) in {trials} "
+                                 f"trial(s): " + "; ".join(failures[:3]))
+    return failed
+
+
 def _probes(url: str, seed: int, depth: Depth, calls: Counter[str],
-            summary: CheckSummary, mutant: Mutant | None) -> ProbeResult | None:
-    """Run the fencing and crash probes (only the fencing one for a mutant); the first that
-    failed, or None."""
+            summary: CheckSummary, mutant: Mutant | None,
+            faults: frozenset[str] = frozenset(), depth_name: str = "default"
+            ) -> ProbeResult | None:
+    """Run the fencing and crash probes (only the fencing one for a mutant), then the race
+    faults among *faults*; the first that failed, or None."""
     def opener() -> Backend:
         return _counting(url, calls)
 
@@ -358,11 +377,13 @@ def _probes(url: str, seed: int, depth: Depth, calls: Counter[str],
         return None
     if not (persistent and shared):
         summary.probes["crash"] = "skipped: the backend is not shared between processes"
-        return None
-    crash = crash_probe(opener, seed=seed, rounds=depth.crash_rounds)
-    summary.probes["crash"] = "ok" if crash.ok else "FAILED"
-    summary.faults["kill-mid-commit"] = crash.counts.get("kills", 0)
-    return None if crash.ok else crash
+    else:
+        crash = crash_probe(opener, seed=seed, rounds=depth.crash_rounds)
+        summary.probes["crash"] = "ok" if crash.ok else "FAILED"
+        summary.faults["kill-mid-commit"] = crash.counts.get("kills", 0)
+        if not crash.ok:
+            return crash
+    return _race_probes(url, seed, depth_name, faults, summary)
 
 
 def run_check(backend_url: str, seed: int = 0, ops: int = 200, objects: int = 2,
@@ -376,7 +397,7 @@ def run_check(backend_url: str, seed: int = 0, ops: int = 200, objects: int = 2,
     """Run the linearizability stage against *backend_url* (module docstring).
 
     *ops* per history, *objects* per history, *clients* per object (≤ 8), *processes* Apps or
-    OS processes, *faults* ⊆ ``kill,pause,errors`` (None: all three; ``"none"``: none),
+    OS processes, *faults* ⊆ ``kill,pause,errors,skew,gc-race`` (None: all five; ``"none"``: none),
     *mutant* a name from :data:`duro.consistency.mutants.MUTANTS`. *depth* sets the number of
     histories (unless *histories* is given) and the probes' rounds; *probes* False skips the
     fencing and crash probes (they also do not run with a *mutant*); *shrink* False keeps
@@ -419,7 +440,8 @@ def run_check(backend_url: str, seed: int = 0, ops: int = 200, objects: int = 2,
                   disable=not progress, transient=True) as bar:
         task = bar.add_task(backend_url, total=n_histories + 1)
         t_phase = time.monotonic()
-        failed = _probes(backend_url, seed, prof, calls, summary, m) if probes else None
+        failed = (_probes(backend_url, seed, prof, calls, summary, m, fault_set, depth)
+                  if probes else None)
         _add(summary.phase_seconds, "probes", time.monotonic() - t_phase)
         bar.advance(task)
         if failed is not None:  # the replay line reruns the probes

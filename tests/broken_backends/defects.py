@@ -16,7 +16,7 @@ from broken_backends.wrapper import SqliteWrapped, Wrapped
 from duro.backends import UNCHANGED, Batch, Lease, ObjectInfo, ObjectRef
 from duro.errors import Fenced
 
-__all__ = ["DEFECTS"]
+__all__ = ["DEFECTS", "STAGE2_DEFECTS"]
 
 
 def _successor(prefix: bytes) -> bytes | None:
@@ -419,6 +419,56 @@ class BatchInTwoCommits(SqliteWrapped):
             delete_all=False))
 
 
+class TrustsOwnClockOverSkewedLeases(SqliteWrapped):
+    """A commit that the store refuses as fenced is let through when the newer lease ends more
+    than 10 minutes past this process's own clock (the latest ``now``/``until`` it was given):
+    the backend takes such a lease for one written by a host with a broken clock, steals it
+    back and commits. Nothing but clock skew beyond the drift margin shows it: under kill,
+    pause and errors every owner shares one clock and no lease reaches that far ahead."""
+
+    SKEW_TOLERANCE = 600.0
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._seen = 0.0
+        self._lock = threading.Lock()
+
+    def _saw(self, t: float | None) -> None:
+        if t is not None and t != float("inf"):
+            with self._lock:
+                self._seen = max(self._seen, t)
+
+    def acquire(self, ref: ObjectRef, *, owner: str, address: str | None, now: float,
+                until: float, name: str | None = None) -> Lease:
+        self._saw(now)
+        self._saw(until)
+        return self.inner.acquire(ref, owner=owner, address=address, now=now, until=until,
+                                  name=name)
+
+    def renew(self, ref: ObjectRef, epoch: int, until: float) -> None:
+        self._saw(until)
+        self.inner.renew(ref, epoch, until)
+
+    def commit(self, ref: ObjectRef, epoch: int, batch: Batch) -> None:
+        self._saw(batch.lease_until)
+        try:
+            self.inner.commit(ref, epoch, batch)
+        except Fenced:
+            lease = self.inner.read_lease(ref)
+            if lease is None or lease.until <= self._seen + self.SKEW_TOLERANCE:
+                raise
+            stolen = self.inner.acquire(ref, owner=lease.owner or "skewed", address=None,
+                                        now=float("inf"), until=lease.until)
+            self.inner.commit(ref, stolen.epoch, dataclasses.replace(batch, lease_until=None))
+
+
+STAGE2_DEFECTS: dict[str, tuple[type[Wrapped], str]] = {
+    "broken-skew-trust": (TrustsOwnClockOverSkewedLeases,
+                          "a fenced commit lands when the newer lease looks skewed"),
+}
+"""URL scheme -> (class, defect): broken backends whose defect only a stage-2 fault shows
+(``broken-skew-trust``: only the ``skew`` fault); stage 1 passes them."""
+
 DEFECTS: dict[str, tuple[type[Wrapped], str]] = {
     "broken-reverse": (IgnoresReverse, "ignores reverse"),
     "broken-end-inclusive": (EndInclusive, "end bound inclusive"),
@@ -445,5 +495,5 @@ DEFECTS: dict[str, tuple[type[Wrapped], str]] = {
 }
 """URL scheme -> (class, defect)."""
 
-for _scheme, (_cls, _) in DEFECTS.items():
+for _scheme, (_cls, _) in (DEFECTS | STAGE2_DEFECTS).items():
     _cls.scheme = _scheme

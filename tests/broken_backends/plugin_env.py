@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from broken_backends.defects import DEFECTS
+from broken_backends.defects import DEFECTS, STAGE2_DEFECTS
 
 __all__ = ["BAD_PLUGINS", "plugin_env"]
 
@@ -30,8 +30,9 @@ def plugin_env(directory: Path) -> dict[str, str]:
                                    "Version: 0.0\n", encoding="utf-8")
     lines = ["[duro.backends]"]
     lines += [f"{scheme} = broken_backends.defects:{cls.__name__}"
-              for scheme, (cls, _) in DEFECTS.items()]
+              for scheme, (cls, _) in (DEFECTS | STAGE2_DEFECTS).items()]
     lines += [f"{scheme} = {target}" for scheme, target in BAD_PLUGINS.items()]
+    lines.append("broken-s3-gc = broken_backends.s3_gc:UnfencedGcS3")
     (dist / "entry_points.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     env = dict(os.environ)
     paths = [str(directory), str(Path(__file__).parent.parent)]
