@@ -217,8 +217,10 @@ class Transport:
         if http is not None:
             self.max_body_bytes = max(self.max_body_bytes, http.options.max_body_bytes + 65536)
         options: dict[str, Any] = {} if http is None else http.uvicorn_options()
+        # No proxy_headers: peers connect directly, and X-Forwarded-For must not change the
+        # peer address a refusal is logged with.
         config = _QuietConfig(self, lifespan="off", access_log=False, log_config=None,
-                              **options)
+                              proxy_headers=False, **options)
         self._server = EmbeddedServer(config)
         self._task = asyncio.ensure_future(self._server.serve(sockets=[sock]))
         while not self._server.started:
@@ -273,6 +275,9 @@ class Transport:
         if kind not in ("http", "websocket"):
             return
         headers = Headers(scope=scope)
+        # The signature headers, looked up several times: a small dict, not Headers' scans.
+        auth = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
+                if k.startswith(b"x-duro-")} if self._authenticate else {}
         client = scope.get("client")
         peer = f"{client[0]}:{client[1]}" if client else "an unknown peer"
         raw: bytes = scope.get("raw_path") or scope["path"].encode()
@@ -280,18 +285,18 @@ class Transport:
         path = raw.decode("latin-1") + (f"?{qs.decode('latin-1')}" if qs else "")
         try:
             if kind == "websocket":
-                self._check("GET", path, headers)
+                self._check("GET", path, auth)
                 http = self._app._http
                 if http is None:
                     raise _Refused(404, "this process serves no objects over WebSockets")
                 await http({**scope, "duro.peer": True}, receive, send)
                 return
             if self._authenticate:
-                why = self._guard.precheck(headers)
+                why = self._guard.precheck(auth)
                 if why is not None:
                     raise _Refused(401, why)
             body = await self._body(scope, receive, headers)
-            self._check(scope["method"], path, headers, body)
+            self._check(scope["method"], path, auth, body)
             if scope["path"] != CALL_PATH or scope["method"] != "POST":
                 raise _Refused(404, f"no cluster endpoint {scope['method']} {scope['path']}")
             status, reply, extra = await self._call(body)
@@ -309,7 +314,7 @@ class Transport:
         await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": reply})
 
-    def _check(self, method: str, path: str, headers: Headers, body: bytes = b"") -> None:
+    def _check(self, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> None:
         if self._authenticate:
             why = self._guard.verify(method, path, headers, body)
             if why is not None:
