@@ -30,7 +30,7 @@ import uvicorn
 from starlette.datastructures import Headers
 
 from duro.calls import pack_error
-from duro.cluster_auth import ReplayGuard, Signer
+from duro.cluster_auth import AUTH_HEADER, ReplayGuard, Signer
 from duro.errors import BackendUnavailable, CallTimeout, ConfigError, Overloaded, ValueTooLarge
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ CALL_PATH: Final = "/_duro/call"
 RUNTIME_METHODS: Final = frozenset({"__fetch__", "__delete__"})
 """Internal methods a peer may send besides the stub methods (an HTTP request, a deletion)."""
 _CONTENT_TYPE = "application/x-duro-call"
+_AUTH_HEADER_B = AUTH_HEADER.encode()
 _CLOSE_GRACE = 0.2
 # Peers drop a kept-alive connection idle this long instead of sending a call into it; a
 # closing server keeps its idle connections at least this long (plus a margin) after the last
@@ -275,9 +276,13 @@ class Transport:
         if kind not in ("http", "websocket"):
             return
         headers = Headers(scope=scope)
-        # The signature headers, looked up several times: a small dict, not Headers' scans.
-        auth = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
-                if k.startswith(b"x-duro-")} if self._authenticate else {}
+        # The signature header, looked up twice: a one-item dict, not Headers' scans.
+        auth: dict[str, str] = {}
+        if self._authenticate:
+            for k, v in scope["headers"]:
+                if k == _AUTH_HEADER_B:
+                    auth[AUTH_HEADER] = v.decode("latin-1")
+                    break
         client = scope.get("client")
         peer = f"{client[0]}:{client[1]}" if client else "an unknown peer"
         raw: bytes = scope.get("raw_path") or scope["path"].encode()
