@@ -11,7 +11,9 @@ one run it reports:
   processes counted) against a bare Starlette handler doing the same read-modify-write with
   ``sqlite3`` (the baseline of :mod:`duro.bench.http_bench`), measured from ``/proc`` in the
   same run, in ``--cpu-rounds`` alternating rounds of ``--cpu-seconds``: the median of the
-  per-round-pair ratios, with quartiles and range; target <= 1.5x;
+  per-round-pair ratios, with quartiles and range; target <= 1.5x. Closed loop by default
+  (duro, which commits many objects' writes together, then answers more requests/s than the
+  baseline, which commits each alone); ``--cpu-rate`` offers both the same requests/s;
 - ownership moves (epoch changes) while 1,500 clients overload the pair with no fault;
   target 0;
 - failover time: kill -9 of an object's owner to the first 200 from the other process;
@@ -60,11 +62,15 @@ def _cpu(pid: int) -> float:
 
 
 async def _client(addrs: list[str], paths: list[str], stop_at: float, lat: list[float],
-                  statuses: dict[int, int]) -> None:
+                  statuses: dict[int, int], interval: float = 0.0) -> None:
     host, port = random.choice(addrs).rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
+    next_at = time.perf_counter() + random.random() * interval
     try:
         while time.perf_counter() < stop_at:
+            if interval:  # paced: one request every *interval* seconds (if answers keep up)
+                await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+                next_at += interval
             path = random.choice(paths)
             t0 = time.perf_counter()
             writer.write(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n"
@@ -86,13 +92,14 @@ async def _client(addrs: list[str], paths: list[str], stop_at: float, lat: list[
 
 
 def _load(addrs: list[str], paths: list[str], clients: int,
-          seconds: float) -> dict[str, Any]:
+          seconds: float, rate: float = 0.0) -> dict[str, Any]:
     lat: list[float] = []
     statuses: dict[int, int] = {}
 
     async def run() -> float:
         t0 = time.perf_counter()
-        await asyncio.gather(*(_client(addrs, paths, t0 + seconds, lat, statuses)
+        interval = clients / rate if rate else 0.0
+        await asyncio.gather(*(_client(addrs, paths, t0 + seconds, lat, statuses, interval)
                                for _ in range(clients)))
         return time.perf_counter() - t0
 
@@ -134,7 +141,8 @@ def _post_until_ok(addr: str, path: str, limit: float) -> float:
 
 
 def measure(seconds: float, objects: int, ttl: float, workdir: Path, cpu_rounds: int = 6,
-            cpu_seconds: float = 2.0, cpu_only: bool = False) -> dict[str, Any]:
+            cpu_seconds: float = 2.0, cpu_only: bool = False,
+            cpu_rate: float = 0.0) -> dict[str, Any]:
     """Run every measurement; return the report."""
     url = f"sqlite:///{workdir.absolute()}/duro.db"
     serve = [sys.executable, "-m", "duro.serve_cli", "duro.bench.overload:make_app",
@@ -168,7 +176,7 @@ def measure(seconds: float, objects: int, ttl: float, workdir: Path, cpu_rounds:
         for i in range(cpu_rounds):
             for label, addr, pids, ps in targets if i % 2 == 0 else targets[::-1]:
                 cpu0 = sum(_cpu(p) for p in pids)
-                r = _load([addr], ps, 150, cpu_seconds)
+                r = _load([addr], ps, 150, cpu_seconds, cpu_rate)
                 cpu = sum(_cpu(p) for p in pids) - cpu0
                 r["cpu_ms_per_request"] = cpu / max(r["ok"], 1) * 1000
                 rounds[label].append(r)
@@ -230,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-rounds", type=int, default=6,
                         help="alternating duro/baseline rounds for CPU per request")
     parser.add_argument("--cpu-seconds", type=float, default=2.0, help="length of one round")
+    parser.add_argument("--cpu-rate", type=float, default=0.0,
+                        help="offered requests/s in the CPU rounds, the same for duro and the "
+                             "baseline (default 0: closed loop, each as fast as it answers)")
     parser.add_argument("--cpu-only", action="store_true",
                         help="measure only CPU per request")
     args = parser.parse_args(argv)
@@ -238,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"overload bench: {args.objects} objects, {args.seconds:g} s per run",
               flush=True)
         report = measure(args.seconds, args.objects, args.ttl, workdir, args.cpu_rounds,
-                         args.cpu_seconds, args.cpu_only)
+                         args.cpu_seconds, args.cpu_only, args.cpu_rate)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     targets = {"cpu_ratio <= 1.5": report["cpu_ratio"] <= 1.5}
