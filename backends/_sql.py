@@ -411,23 +411,25 @@ class SQLBackend(Backend):
 
     def renew_many(self, leases: Sequence[tuple[ObjectRef, int]],
                    until: float) -> dict[ObjectRef, Fenced]:
-        """Extend many leases in one transaction (one lock, one sync to disk)."""
-        o = objects.c
+        """Extend many leases in one transaction (one lock, one sync to disk).
+
+        The statements are the prepared hot-path ones, run on the writer's driver cursor inside
+        the transaction: building a SQLAlchemy statement per lease cost ~0.1 ms, which for
+        1,000 objects held was a steady few per cent of a CPU in renewals alone.
+        """
         stale: dict[ObjectRef, Fenced] = {}
         with self._wlock.first(), self._guard("renew"):
             self._check_open()
             conn = self._wconn
             with conn.begin():
+                cur = self._wcur
                 for ref, epoch in leases:
-                    hit = conn.execute(
-                        sa.update(objects)
-                        .where((o.ns == ref.namespace) & (o.id == ref.id) & (o.epoch == epoch))
-                        .values(lease_until=until)
-                    ).rowcount
-                    if hit != 1:
-                        current = conn.execute(sa.select(o.epoch).where(
-                            (o.ns == ref.namespace) & (o.id == ref.id))).scalar()
-                        stale[ref] = self._fenced(ref, epoch, int(current or 0))
+                    cur.execute(self._q_fence, (until, None, ref.namespace, ref.id, epoch))
+                    if cur.rowcount != 1:
+                        cur.execute(self._q_epoch, (ref.namespace, ref.id))
+                        row = cur.fetchone()
+                        current = 0 if row is None or row[0] is None else int(row[0])
+                        stale[ref] = self._fenced(ref, epoch, current)
         return stale
 
     def release(self, ref: ObjectRef, epoch: int) -> None:

@@ -218,7 +218,7 @@ class Instance:
                 not_run=True)
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._queue.append(_Event("call", method, payload, chain, fut, 0,
-                                  tracing.start_call(self, method, fut)))
+                                  tracing.start_call(self.ns.name, self.oid, method, fut)))
         self._kick()
         return fut
 
@@ -510,7 +510,7 @@ class Instance:
         self.storage._alarm = None  # during the run get_alarm() is None unless set anew
         token = current_call.set((self, (self.key,)))
         failure: Exception | None = None
-        span = tracing.alarm_span(self, ev.retry)
+        span = tracing.alarm_span(self.ns.name, self.oid, ev.retry)
         try:
             await self.obj.alarm(AlarmInfo(retry_count=ev.retry))
         except Exception as exc:

@@ -34,9 +34,20 @@ def _guarded(base: type[asyncio.Protocol], timeout: float, max_head: int) -> typ
     after *timeout* seconds) or are too large (431 beyond *max_head* bytes)."""
 
     class Protocol(base):  # type: ignore[valid-type,misc]
+        # One timer per connection, moved forward lazily: a timer per request would keep
+        # every finished request's cycle (and its events, deques, closures) alive for
+        # *timeout* seconds, tens of thousands of objects that every full GC pass walks.
+        _duro_timer: asyncio.TimerHandle | None = None
+
         def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
             self._duro_arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._duro_timer is not None:
+                self._duro_timer.cancel()
+                self._duro_timer = None
+            super().connection_lost(exc)
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -51,15 +62,23 @@ def _guarded(base: type[asyncio.Protocol], timeout: float, max_head: int) -> typ
                     self.transport.close()
 
         def _duro_arm(self) -> None:
+            """The next request head must arrive within *timeout* seconds from now."""
             self._duro_cycle = self.cycle
             self._duro_head = 0
-            self.loop.call_later(timeout, self._duro_expire, self.cycle)
+            self._duro_deadline = self.loop.time() + timeout
+            if self._duro_timer is None:
+                self._duro_timer = self.loop.call_at(self._duro_deadline, self._duro_expire)
 
-        def _duro_expire(self, cycle: object) -> None:
+        def _duro_expire(self) -> None:
+            self._duro_timer = None
             transport = self.transport
             if transport.is_closing() or transport.get_protocol() is not self:
                 return  # closed, or upgraded to a WebSocket
-            if self.cycle is cycle:  # no request began since the deadline was set
+            if self.cycle is not self._duro_cycle:
+                return  # a request began since the deadline was set; its end re-arms
+            if self.loop.time() < self._duro_deadline:  # re-armed since: wait for the rest
+                self._duro_timer = self.loop.call_at(self._duro_deadline, self._duro_expire)
+            else:
                 transport.close()
 
     return Protocol

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import importlib.util
 import signal
@@ -101,6 +102,13 @@ async def serve(app: Any, *, host: str = "127.0.0.1", port: int = 8787,
         await stop_public_listener(public)
 
 
+def _settled(app: Any) -> None:
+    """Startup is over: keep what it built (modules, the App, its listeners) out of the cyclic
+    garbage collector's sight. Each full collection then walks only what serving creates; it
+    would otherwise re-walk some 80,000 long-lived objects many times a second under load."""
+    gc.freeze()
+
+
 def register(cli: typer.Typer) -> None:
     """Add ``duro serve`` to the ``duro`` command line."""
 
@@ -142,7 +150,7 @@ def register(cli: typer.Typer) -> None:
             runner.run(serve(app, host=host, port=port, backend=backend, advertise=advertise,
                              cluster_listen=cluster_listen, ssl_certfile=ssl_certfile,
                              ssl_keyfile=ssl_keyfile, max_body_bytes=max_body_bytes,
-                             max_message_bytes=max_message_bytes))
+                             max_message_bytes=max_message_bytes, ready=_settled))
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, unquote
 
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.websockets import WebSocket as ASGIWebSocket
 
 from duro import tracing
@@ -46,7 +46,13 @@ from duro.errors import (
     ObjectReset,
     Overloaded,
 )
-from duro.fetch import FETCH_METHOD, Response, encode_request, response_from_value
+from duro.fetch import (
+    FETCH_METHOD,
+    Response,
+    encode_http_request,
+    encode_request,
+    response_from_value,
+)
 from duro.fetch import Request as DuroRequest
 from duro.ids import id_from_name, id_from_string
 from duro.namespace import MAX_HOPS
@@ -195,24 +201,34 @@ class Server:
                     rest: str) -> None:
         scope = request.scope
         limit = self.options.max_body_bytes
-        declared = request.headers.get("content-length")
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _Refused(413, f"the body limit is {limit:,} bytes")
+        # The body straight from ``receive`` (what ``request.stream()`` does, without its
+        # async generator), then the payload straight from the ASGI scope: no intermediate
+        # duro Request, no header round trip through str and back.
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _Refused(413, f"the body limit is {limit:,} bytes")
-            chunks.append(chunk)
+        receive = request.receive
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunk: bytes = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise _Refused(413, f"the body limit is {limit:,} bytes")
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
         client = f"{scope['client'][0]}:{scope['client'][1]}" if scope.get("client") else None
-        req = DuroRequest(request.method, str(request.url), rest,
-                          query_string=scope.get("query_string", b"").decode("latin-1"),
-                          headers=[(k.decode("latin-1"), v.decode("latin-1"))
-                                   for k, v in scope["headers"]],
-                          body=b"".join(chunks), client=client)
+        payload = encode_http_request(
+            scope["method"], str(request.url), rest,
+            scope.get("query_string", b"").decode("latin-1"), scope["headers"],
+            b"".join(chunks), client)
         with tracing.http_span(scope, ns.name, oid) as span:
-            resp = await self._fetch(ns, oid, encode_request(req))
+            resp = await self._fetch(ns, oid, payload)
             span.status(resp.status)
         await _send_response(send, resp)
 

@@ -39,13 +39,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
 from duro.calls import unpack
-from duro.errors import ObjectError
+from duro.errors import BackendNotInstalled, ObjectError
+from duro.signals import Gone
 
 if TYPE_CHECKING:
     import asyncio
 
     from duro.ids import ObjectId
-    from duro.instance import Instance
 
 __all__ = ["configure"]
 
@@ -72,8 +72,6 @@ def configure(tracer_provider: Any = None) -> None:
     if tracer_provider is not None:
         _import()
         if _absent:
-            from duro.errors import BackendNotInstalled
-
             raise BackendNotInstalled(
                 "tracing needs OpenTelemetry: pip install 'duro[otel]'")
     _override = tracer_provider
@@ -166,8 +164,8 @@ def _set_error(span: Any, exc: BaseException, type_name: str | None = None) -> N
 # -- calls at the owner (duro.instance) --------------------------------------------------------
 
 
-def start_call(inst: Instance, method: str, fut: asyncio.Future[bytes]) -> Any:
-    """A span for a call just queued at *inst* (``None`` when not tracing): its parent is the
+def start_call(namespace: str, oid: ObjectId, method: str, fut: asyncio.Future[bytes]) -> Any:
+    """A span for a call just queued at an object (``None`` when not tracing): its parent is the
     caller's current context. Returns the context to make current while the call's turn runs;
     the span ends when *fut* (the reply envelope) is done."""
     tracer = _tracer_cache  # _tracer(), inlined: this runs on every call
@@ -181,16 +179,14 @@ def start_call(inst: Instance, method: str, fut: asyncio.Future[bytes]) -> Any:
     parent = api.context.get_current()
     remote = api.trace.get_current_span(parent).get_span_context().is_remote
     span = tracer.start_span(
-        f"{inst.ns.name}.{_display(method)}", context=parent,
+        f"{namespace}.{_display(method)}", context=parent,
         kind=api.SpanKind.SERVER if remote else api.SpanKind.INTERNAL,
-        attributes=_object_attributes(inst.ns.name, inst.oid, method))
+        attributes=_object_attributes(namespace, oid, method))
     fut.add_done_callback(functools.partial(_call_done, span))
     return api.trace.set_span_in_context(span, parent)
 
 
 def _call_done(span: Any, fut: asyncio.Future[bytes]) -> None:
-    from duro.instance import Gone  # (duro.instance imports this module)
-
     try:
         if fut.cancelled():
             span.set_status(_api.Status(_api.StatusCode.ERROR,
@@ -295,15 +291,15 @@ class _Span(_NoSpan):
 # -- alarms (duro.instance) --------------------------------------------------------------------
 
 
-def alarm_span(inst: Instance, retry: int) -> _NoSpan:
-    """A root span for one alarm run of *inst*, current until ``end(failure)``."""
+def alarm_span(namespace: str, oid: ObjectId, retry: int) -> _NoSpan:
+    """A root span for one alarm run of an object, current until ``end(failure)``."""
     tracer = _tracer()
     if tracer is None:
         return _NO_SPAN
     root = _api.context.Context()
-    attrs: dict[str, Any] = _object_attributes(inst.ns.name, inst.oid, "alarm")
+    attrs: dict[str, Any] = _object_attributes(namespace, oid, "alarm")
     attrs["duro.alarm.retry_count"] = retry
-    return _Span(tracer.start_span(f"{inst.ns.name}.alarm", context=root,
+    return _Span(tracer.start_span(f"{namespace}.alarm", context=root,
                                    kind=_api.SpanKind.INTERNAL, attributes=attrs), root)
 
 

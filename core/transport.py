@@ -31,7 +31,7 @@ from starlette.datastructures import Headers
 
 from duro import tracing
 from duro.calls import pack_error
-from duro.cluster_auth import ReplayGuard, Signer
+from duro.cluster_auth import AUTH_HEADER, ReplayGuard, Signer
 from duro.errors import BackendUnavailable, CallTimeout, ConfigError, Overloaded, ValueTooLarge
 from duro.signals import AppClosing, Chain, OwnerUnreachable
 
@@ -50,6 +50,7 @@ CALL_PATH: Final = "/_duro/call"
 RUNTIME_METHODS: Final = frozenset({"__fetch__", "__delete__"})
 """Internal methods a peer may send besides the stub methods (an HTTP request, a deletion)."""
 _CONTENT_TYPE = "application/x-duro-call"
+_AUTH_HEADER_B = AUTH_HEADER.encode()
 _CLOSE_GRACE = 0.2
 # Peers drop a kept-alive connection idle this long instead of sending a call into it; a
 # closing server keeps its idle connections at least this long (plus a margin) after the last
@@ -124,8 +125,9 @@ class Cluster(Protocol):
     def _namespaces(self) -> Mapping[str, Any]: ...
 
     async def _serve_forwarded(self, ns_name: str, hex_id: str, name: str | None, method: str,
-                               payload: bytes, chain: Chain, hops: int) -> bytes:
-        """Run a call another process forwarded here."""
+                               payload: bytes, chain: Chain, hops: int,
+                               trace: Any = None) -> bytes:
+        """Run a call another process forwarded here (*trace*: its trace context, if any)."""
         ...
 
 
@@ -226,8 +228,10 @@ class Transport:
         if http is not None:
             self.max_body_bytes = max(self.max_body_bytes, http.options.max_body_bytes + 65536)
         options: dict[str, Any] = {} if http is None else http.uvicorn_options()
+        # No proxy_headers: peers connect directly, and X-Forwarded-For must not change the
+        # peer address a refusal is logged with.
         config = _QuietConfig(self, lifespan="off", access_log=False, log_config=None,
-                              **options)
+                              proxy_headers=False, **options)
         self._server = EmbeddedServer(config)
         self._task = asyncio.ensure_future(self._server.serve(sockets=[sock]))
         while not self._server.started:
@@ -282,6 +286,13 @@ class Transport:
         if kind not in ("http", "websocket"):
             return
         headers = Headers(scope=scope)
+        # The signature header, looked up twice: a one-item dict, not Headers' scans.
+        auth: dict[str, str] = {}
+        if self._authenticate:
+            for k, v in scope["headers"]:
+                if k == _AUTH_HEADER_B:
+                    auth[AUTH_HEADER] = v.decode("latin-1")
+                    break
         client = scope.get("client")
         peer = f"{client[0]}:{client[1]}" if client else "an unknown peer"
         raw: bytes = scope.get("raw_path") or scope["path"].encode()
@@ -289,18 +300,18 @@ class Transport:
         path = raw.decode("latin-1") + (f"?{qs.decode('latin-1')}" if qs else "")
         try:
             if kind == "websocket":
-                self._check("GET", path, headers)
+                self._check("GET", path, auth)
                 http = self._app._http
                 if http is None:
                     raise _Refused(404, "this process serves no objects over WebSockets")
                 await http({**scope, "duro.peer": True}, receive, send)
                 return
             if self._authenticate:
-                why = self._guard.precheck(headers)
+                why = self._guard.precheck(auth)
                 if why is not None:
                     raise _Refused(401, why)
             body = await self._body(scope, receive, headers)
-            self._check(scope["method"], path, headers, body)
+            self._check(scope["method"], path, auth, body)
             if scope["path"] != CALL_PATH or scope["method"] != "POST":
                 raise _Refused(404, f"no cluster endpoint {scope['method']} {scope['path']}")
             status, reply, extra = await self._call(body)
@@ -318,7 +329,7 @@ class Transport:
         await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": reply})
 
-    def _check(self, method: str, path: str, headers: Headers, body: bytes = b"") -> None:
+    def _check(self, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> None:
         if self._authenticate:
             why = self._guard.verify(method, path, headers, body)
             if why is not None:

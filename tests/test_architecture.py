@@ -59,8 +59,10 @@ def _imports(name: str, path: Path) -> set[str]:
                 module = ".".join(base + ([node.module] if node.module else []))
             else:
                 module = node.module or ""
-            out.add(module)
-            out.update(f"{module}.{a.name}" for a in node.names)
+            names = {f"{module}.{a.name}" for a in node.names}
+            out.update(names)
+            if not names & MODULES.keys():  # ``from pkg import submodule`` imports the submodule
+                out.add(module)
     return out
 
 

@@ -450,6 +450,32 @@ def test_slow_and_oversized_headers_are_cut_off(tmp_path: Path) -> None:
             break
         writer.close()
         assert closed, "the server kept a connection whose headers never completed"
+        # The same on a kept-alive connection, after a first request was answered (sent a
+        # while after connecting: the head deadline then moves past the first one armed).
+        reader, writer = await asyncio.open_connection(host, int(port))
+        await asyncio.sleep(0.15)
+        writer.write(b"GET /Cart/name/s/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line[15:]) for line in head.split(b"\r\n")
+                      if line[:15].lower() == b"content-length:")
+        await reader.readexactly(length)
+        writer.write(b"GET /Cart/name/s/ HTTP/1.1\r\nHost: x\r\n")
+        closed = False
+        for _ in range(200):  # at most 10 s of trickle
+            try:
+                writer.write(b"X")
+                await writer.drain()
+            except ConnectionError:
+                closed = True
+                break
+            try:
+                data = await asyncio.wait_for(reader.read(1), 0.05)
+            except TimeoutError:
+                continue
+            closed = data == b"" or data.startswith(b"H")
+            break
+        writer.close()
+        assert closed, "the server kept a kept-alive connection whose next head never completed"
         # A head that never ends: refused once it passes the limit, not buffered on and on.
         reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(b"GET /Cart/name/s/ HTTP/1.1\r\nHost: x\r\nX-Pad: ")

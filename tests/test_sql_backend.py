@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from duro.backends import FORMAT_VERSION, Batch, LeaseHeld, ObjectRef, open_backend
+from duro.backends import FORMAT_VERSION, Batch, Lease, LeaseHeld, ObjectRef, open_backend
 from duro.backends._sql import SQLBackend
 from duro.errors import (
     BackendError,
@@ -457,3 +457,19 @@ def test_forked_child_uses_fresh_connections(backend: SQLBackend) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     backend.commit(REF, lease.epoch, Batch(puts={b"parent": b"3"}))
     assert backend.get_many(REF, [b"parent", b"child"]) == {b"parent": b"3", b"child": b"2"}
+
+
+def test_renew_many_extends_current_leases_and_reports_stale_ones(backend: SQLBackend) -> None:
+    other = ObjectRef("Counter", "b" * 64)
+    lease = backend.acquire(REF, owner="p1", address=None, now=0.0, until=10.0)
+    old = backend.acquire(other, owner="p1", address=None, now=0.0, until=1.0)
+    newer = backend.acquire(other, owner="p2", address=None, now=2.0, until=12.0)
+    statements: list[str] = []
+    backend._wraw.set_trace_callback(statements.append)
+    stale = backend.renew_many([(REF, lease.epoch), (other, old.epoch)], 30.0)
+    backend._wraw.set_trace_callback(None)
+    assert list(stale) == [other]
+    assert isinstance(stale[other], Fenced)
+    assert backend.read_lease(REF) == Lease(lease.epoch, "p1", None, 30.0)
+    assert backend.read_lease(other) == newer  # the stale renewal changed nothing
+    assert [s for s in statements if s.upper().startswith("BEGIN")] == ["BEGIN IMMEDIATE"]
