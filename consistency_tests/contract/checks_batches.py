@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from duro.backends import Batch, LeaseHeld
+from duro.backends.base import AcquireOp, CommitOp, Loaded, WriteOp
 from duro.consistency.contract.context import (
     T0,
     CheckContext,
@@ -11,6 +12,7 @@ from duro.consistency.contract.context import (
     contract_check,
     expect_raises,
 )
+from duro.errors import Fenced
 
 __all__: list[str] = []
 
@@ -82,3 +84,34 @@ def check_batch_lease_until_renews(ctx: CheckContext) -> None:
     b.commit(ref, lease.epoch, Batch(lease_until=T0 + 200))  # a heartbeat batch
     assert_lease(b.read_lease(ref), lease.epoch, "A", T0 + 200)
     assert ctx.scan_all(ref) == [(b"k", b"v")], "renewal batches touched the data"
+
+
+@contract_check("batches")
+def check_commit_many_fences_each_op_alone(ctx: CheckContext) -> None:
+    """commit_many: each op keeps its own guarantees; a fenced op or a held lease fails alone."""
+    b = ctx.backend
+    live, stale, held, fresh = (ctx.ref(n) for n in ("cm-live", "cm-stale", "cm-held",
+                                                      "cm-fresh"))
+    epoch = ctx.acquire(live, "A").epoch
+    old = ctx.acquire(stale, "A", until=T0 + 10).epoch
+    ctx.acquire(stale, "B", now=T0 + 11, until=T0 + 60)  # takeover: A's epoch is stale
+    ctx.acquire(held, "B", until=T0 + 60)
+    ops: list[WriteOp] = [
+        CommitOp(live, epoch, Batch(puts={b"a": b"1", b"b": b"1"})),
+        CommitOp(stale, old, Batch(puts={b"zombie": b"1"})),
+        AcquireOp(held, "C", None, T0 + 20, T0 + 80),
+        AcquireOp(fresh, "C", None, T0 + 20, T0 + 80, load=10),
+        CommitOp(live, epoch, Batch(deletes={b"b"}, puts={b"c": b"2"})),
+    ]
+    results = b.commit_many(ops)
+    assert len(results) == len(ops), f"commit_many gave {len(results)} results for {len(ops)} ops"
+    assert results[0] is None and results[4] is None, f"live commits failed: {results!r}"
+    assert isinstance(results[1], Fenced), f"a stale epoch's commit gave {results[1]!r}"
+    assert isinstance(results[2], LeaseHeld), f"acquiring a held lease gave {results[2]!r}"
+    got = results[3]
+    assert isinstance(got, Loaded) and got.lease.owner == "C", f"a free acquire gave {got!r}"
+    assert ctx.scan_all(stale) == [], f"the fenced op landed: {ctx.scan_all(stale)!r}"
+    lease = b.read_lease(held)
+    assert lease is not None and lease.owner == "B", f"a refused acquire changed {lease!r}"
+    assert ctx.scan_all(live) == [(b"a", b"1"), (b"c", b"2")], \
+        f"ops of one object in one commit_many, in order: {ctx.scan_all(live)!r}"
