@@ -471,7 +471,7 @@ class _Env:
                 calls.append(nxt)
             try:
                 self._execute(calls)
-            except BaseException as exc:  # never leave a caller waiting
+            except BaseException as exc:  # noqa: BLE001 - never leave a caller waiting
                 for c in calls:
                     if c.error is None:
                         c.error = BackendError(f"LMDB writer failed: {exc!r}", orig=exc)
@@ -562,7 +562,7 @@ class _Env:
             raise
         except lmdb.Error as exc:
             call.error = BackendError(f"LMDB write failed: {_describe(exc)}", orig=exc)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
             call.error = exc
 
 

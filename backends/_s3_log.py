@@ -215,7 +215,7 @@ def _unpack(body: bytes, key: str, magic: str, what: str) -> dict[str, Any]:
     try:
         d = msgpack.unpackb(body, raw=False)
         ok = isinstance(d, dict) and d.get("duro") == magic
-    except Exception:  # msgpack raises several unrelated exception types on garbage
+    except Exception:  # noqa: BLE001 - msgpack raises several unrelated exception types on garbage
         ok = False
     if not ok:
         raise BackendError(f"{key!r} is not a duro {what} (foreign or corrupt object under the "

@@ -825,7 +825,7 @@ class SQLBackend(Backend):
             return
         try:
             self._open_writer()
-        except Exception:  # the child cannot reach the database: it fails on first use
+        except Exception:  # noqa: BLE001 - the child cannot reach the database: it fails on first use
             self._closed = True
 
     def close(self) -> None:

@@ -187,7 +187,7 @@ class FloorStub:
                 try:
                     value = await getattr(self._target, method)(*msgpack.unpackb(payload))
                     fut.set_result(msgpack.packb(value))
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - handed to the caller's future
                     fut.set_exception(exc)
             self._wake = loop.create_future()
             await self._wake

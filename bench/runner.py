@@ -275,7 +275,7 @@ class Runner:
     async def _guard(self, result: Result, coro: Awaitable[Measurement]) -> None:
         try:
             m = await asyncio.wait_for(coro, self.config.step_timeout)
-        except Exception as exc:  # one failed run must not stop the report
+        except Exception as exc:  # noqa: BLE001 - one failed run must not stop the report
             result.error = f"{type(exc).__name__}: {exc}"[:500]
         else:
             result.set_measurement(m)
@@ -288,7 +288,7 @@ class Runner:
         async def run() -> None:
             try:
                 self._baselines[key] = measure()
-            except Exception:  # recorded as a missing baseline
+            except Exception:  # noqa: BLE001 - recorded as a missing baseline
                 self._baselines[key] = None
 
         return Step(f"baseline {name}", run)
@@ -632,7 +632,7 @@ class Runner:
                 if store is not None:
                     parts.append(base())
                     self._baselines[key] = Measurement.combine(parts)
-            except Exception as exc:  # one failed run must not stop the report
+            except Exception as exc:  # noqa: BLE001 - one failed run must not stop the report
                 cold.error = warm.error = f"{type(exc).__name__}: {exc}"[:500]
             else:
                 cold.set_measurement(got[0])
@@ -664,7 +664,7 @@ class Runner:
                     got = await asyncio.wait_for(resident_memory(app, ns, touched),
                                                  cfg.step_timeout * 4)
                     bound = app.config.storage_limits.cache_bytes
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one failed run must not stop the report
                 result.error = f"{type(exc).__name__}: {exc}"[:500]
             else:
                 result.set_measurement(Measurement(int(got["touched"]),

@@ -332,7 +332,7 @@ def race_probes(url: str, faults: Iterable[str], *, depth: str = "default",
                     race_url += ("&" if "?" in url else "?") + "checkpoint_batches=1"
                 report = races.zombie_race(race_url, trials=n, namespace=f"DuroCheckRace{tag}",
                                            cleanup=True)
-        except Exception as exc:  # a broken backend's raw error: report it, do not crash
+        except Exception as exc:  # noqa: BLE001 - a broken backend's raw error: report it, do not crash
             out.append((fault, "FAILED", n, [f"the race raised {type(exc).__name__}: {exc}"]))
             continue
         status = "ok" if not report.failures else "FAILED"

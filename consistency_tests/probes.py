@@ -259,7 +259,7 @@ def _crash_child(opener: Callable[[], Backend], ref: ObjectRef, out: int, n_batc
             backend.commit(ref, lease.epoch, Batch(puts=puts))
             os.write(out, f"a {i}\n".encode())
         backend.close()
-    except BaseException as exc:  # report, never run the parent's code in the child
+    except BaseException as exc:  # noqa: BLE001 - report, never run the parent's code in the child
         os.write(out, f"e {type(exc).__name__}: {exc}\n".encode(errors="replace"))
     finally:
         os._exit(0)

@@ -71,7 +71,7 @@ def _zombie_trial(url: str, a: Backend, b: Backend, ref: ObjectRef, bound: int,
                     after += 1
                 if after >= bound or time.monotonic() > deadline:
                     break
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the checking thread
             outcome.append(exc)
         finally:
             started.set()
@@ -174,7 +174,7 @@ async def _skew_trial(url: str, name: str, skew: float, bound: int,
             for i in range(B_WRITES):
                 await b.put(f"b{i}", i)
                 acked[f"b{i}"] = i
-        except Exception as exc:  # the new owner lost the object to the old one: a failure
+        except Exception as exc:  # noqa: BLE001 - the new owner lost the object to the old one: a failure
             report.failures.append(f"{name}: the new owner's write failed while the old owner "
                                    f"kept writing: {type(exc).__name__}: {exc}")
         outcome = await task

@@ -141,7 +141,7 @@ class SimExecutor(Executor):
             return
         try:
             result = item.fn()
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting future
             item.fut.set_exception(exc)
         else:
             item.fut.set_result(result)

@@ -76,7 +76,7 @@ def decode_error(err: list[str]) -> BaseException:
     if kind == "builtin" and name in _BUILTIN_ERRORS:
         try:
             return _BUILTIN_ERRORS[name](message)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a built-in that cannot be rebuilt from a message
             return ObjectError(name, message)
     return ObjectError(name, message)
 

@@ -85,7 +85,7 @@ class WriterThread:
             error: BaseException | None = None
             try:
                 result = fn(arg)
-            except BaseException as exc:  # handed to the caller, never lost
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, never lost
                 error = exc
             try:
                 loop.call_soon_threadsafe(done, result, error)

@@ -202,7 +202,7 @@ def _call_done(span: Any, fut: asyncio.Future[bytes]) -> None:
             if reply[:1] == b"\x00":  # an error envelope (duro.calls.pack_error)
                 try:
                     unpack(reply)
-                except Exception as err:
+                except Exception as err:  # noqa: BLE001 - recorded on the span
                     _set_error(span, err,
                                err.type_name if isinstance(err, ObjectError) else None)
     finally:
@@ -273,7 +273,7 @@ class _Span(_NoSpan):
         if reply[:1] == b"\x00":
             try:
                 unpack(reply)
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - recorded on the span
                 _set_error(self._span, err,
                            err.type_name if isinstance(err, ObjectError) else None)
 

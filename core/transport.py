@@ -366,7 +366,7 @@ class Transport:
                     and isinstance(hex_id, str) and isinstance(payload, bytes)
                     and (name is None or isinstance(name, str))):
                 raise TypeError("wrong field types")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is a malformed call
             raise _Refused(400, f"malformed cluster call ({type(exc).__name__})") from None
         ns = self._app._namespaces.get(ns_name)
         if ns is not None and method not in ns._methods and method not in RUNTIME_METHODS:
@@ -377,7 +377,7 @@ class Transport:
         except AppClosing:
             # The call did not start here: the caller retries at the next owner.
             return 503, b"", {"x-duro-moving": "1", "connection": "close"}
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the method's error, sent back to the caller
             reply = pack_error(exc)
         finally:
             self._last_call = asyncio.get_running_loop().time()

@@ -63,7 +63,7 @@ def check_batch_is_atomic_for_thread_readers(ctx: CheckContext) -> None:
                 rows = b.scan(ref, None, None)
                 reads[0] += 2
                 torn.extend(s for s in (got, rows) if _torn(s, len(keys)))
-        except BaseException as exc:  # re-raised in the checking thread below
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the checking thread below
             failures.append(exc)
 
     threads = [threading.Thread(target=reader, daemon=True) for _ in range(2)]
@@ -146,7 +146,7 @@ def check_threads_commit_to_separate_objects(ctx: CheckContext) -> None:
         try:
             for j in range(n):
                 b.commit(refs[i], epochs[i], Batch(puts={b"j%03d" % j: b"%d" % i}))
-        except BaseException as exc:  # re-raised below
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(refs))]
@@ -174,7 +174,7 @@ def check_threads_commit_to_one_object(ctx: CheckContext) -> None:
             for j in range(n):
                 b.commit(ref, epoch, Batch(puts={b"t%d-%03d" % (i, j): b"v",
                                                  b"last-%d" % i: b"%d" % j}))
-        except BaseException as exc:  # re-raised below
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
@@ -205,7 +205,7 @@ def check_concurrent_acquires_have_one_winner(ctx: CheckContext) -> None:
             won.append(ctx.acquire(ref, f"C{i}", now=T0 + 2, until=T0 + 60))
         except LeaseHeld as exc:
             held.append(exc.lease)
-        except BaseException as exc:  # re-raised below
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
             errors.append(exc)
 
     threads = [threading.Thread(target=contender, args=(i,)) for i in range(6)]

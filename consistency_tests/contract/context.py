@@ -206,7 +206,7 @@ class CheckContext:
                 lease = self.backend.acquire(ref, owner="duro-check-cleanup", address=None,
                                              now=1e12, until=1e12 + 60)
                 self.backend.delete_object(ref, lease.epoch)
-            except Exception as exc:  # reported to the caller, which prints it
+            except Exception as exc:  # noqa: BLE001 - reported to the caller, which prints it
                 failed.append(f"{ref.namespace}/{ref.id[:12]}: {type(exc).__name__}: {exc}")
         self.refs.clear()
         return failed

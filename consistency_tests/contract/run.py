@@ -114,7 +114,7 @@ def run_contract(url: str, *, depth: str = "default", checks: Sequence[ContractC
                     outcome = CheckOutcome(check.name, check.area, "ok")
                 except (AssertionError, ContractViolation) as exc:
                     outcome = CheckOutcome(check.name, check.area, "violation", _detail(exc))
-                except Exception as exc:  # a duro error where none is allowed: a violation too
+                except Exception as exc:  # noqa: BLE001 - a duro error where none is allowed: a violation too
                     outcome = CheckOutcome(check.name, check.area, "violation", _detail(exc))
                 report.cleanup_failures += ctx.cleanup()
             outcome.seconds = time.monotonic() - start
@@ -124,7 +124,7 @@ def run_contract(url: str, *, depth: str = "default", checks: Sequence[ContractC
     finally:
         try:
             ctx.close_backend()
-        except Exception as exc:  # the close itself is a contract call: report, don't mask
+        except Exception as exc:  # noqa: BLE001 - the close itself is a contract call: report, don't mask
             log.warning("closing %s after the contract stage failed: %s", url, exc)
             report.outcomes.append(CheckOutcome("close", "errors", "violation", _detail(exc)))
         report.seconds = time.monotonic() - t0

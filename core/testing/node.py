@@ -180,7 +180,7 @@ async def main() -> None:
             elif "close" in cmd:
                 await app.close()
                 reply({"id": n, "ok": True})
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - sent back to the test as the call's error
             reply({"id": n, "err": [type(exc).__name__, str(exc)]})
 
     tasks = set()
