@@ -367,7 +367,7 @@ class App:
                                             clock.time() + cfg.lease_ttl)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # transient: the next tick tries again
+            except Exception as exc:  # noqa: BLE001 - transient: the next tick tries again
                 log.warning("duro: renewing %d leases failed (%s); retrying", len(due), exc)
                 continue
             for inst in due:

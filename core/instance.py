@@ -236,7 +236,7 @@ class Instance:
         try:
             await self.storage.sync()
             await self.read(self.backend.delete_object, self.ref, self.epoch)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - handed to the caller
             if not ev.fut.done():
                 ev.fut.set_result(pack_error(exc))
             return
@@ -340,7 +340,7 @@ class Instance:
                     ev.fut.set_exception(ObjectReset("the object's turn was cancelled"))
                 raise
             out = pack_error(exc)  # raised by the method's own awaits: its error, not ours
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the method's own error, sent back to its caller
             out = pack_error(exc)
         finally:
             current_call.reset(token)
@@ -513,7 +513,7 @@ class Instance:
         span = tracing.alarm_span(self.ns.name, self.oid, ev.retry)
         try:
             await self.obj.alarm(AlarmInfo(retry_count=ev.retry))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - an alarm's failure is logged and retried below
             failure = exc
             self.stats.alarm_failures += 1
         finally:

@@ -260,6 +260,7 @@ class Server:
                 retry[NOT_RUN_HEADER] = "1"
             return _error(503, exc.message, retry)
         except Exception:
+            log.exception("fetch of %s %s failed in the runtime", ns.name, oid.hex[:12])
             return _error(500)
 
     # -- WebSockets -------------------------------------------------------------------------------
@@ -304,6 +305,7 @@ class Server:
         except ObjectReset as exc:
             resp = _error(503, exc.message, {"retry-after": str(self.options.retry_after)})
         except Exception:
+            log.exception("the WebSocket upgrade of %s %s failed", ns.name, oid.hex[:12])
             resp = _error(500)
         if resp.status != 101 or rec.state == "pending":
             self.hub.discard(rec)

@@ -414,7 +414,7 @@ class Hub:
             if gate is not None:
                 try:
                     await gate
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - the object was reset: its held output is dropped (logged)
                     log.debug("WebSocket output dropped: %s", exc)  # the object was reset
                     continue
             try:
@@ -426,8 +426,8 @@ class Hub:
                     await conn.send_text(data)
                 else:
                     await conn.send_bytes(data)
-            except Exception as exc:
-                # The client is gone (or broke the protocol): nothing more can reach it.
+            except Exception as exc:  # noqa: BLE001 - the client is gone or broke the protocol
+                # Nothing more can reach it.
                 log.debug("WebSocket send loop ends: the client connection failed: %r", exc)
                 return
 
