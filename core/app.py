@@ -422,6 +422,8 @@ class App:
             if not due:
                 continue
             sent = clock.monotonic()
+            for inst in due:
+                inst.renewal_sent(sent)
             try:
                 stale = await self.lease_io(self.backend.renew_many,
                                             [(inst.ref, inst.epoch) for inst in due],
@@ -430,6 +432,8 @@ class App:
                 raise
             except Exception as exc:  # transient: the next tick tries again
                 log.warning("duro: renewing %d leases failed (%s); retrying", len(due), exc)
+                for inst in due:  # once a lease runs out, its calls are refused
+                    inst.renewal_failed()
                 continue
             for inst in due:
                 fenced = stale.get(inst.ref)
