@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -451,26 +451,104 @@ def describe(result: ClusterRunResult) -> str:
     ])
 
 
+def passed(result: ClusterRunResult) -> bool:
+    """Whether a run holds every promise: a linearizable history, no answer after a lost
+    lease, and a refusal from every cut owner no later than :data:`TAKEOVER` after its cut."""
+    return (result.check.verdict == "ok" and result.stale_answers == 0
+            and result.cuts_refused == result.cuts
+            and (result.first_refusal is None or result.first_refusal <= TAKEOVER))
+
+
+def summary_json(result: ClusterRunResult, seed: int) -> dict[str, Any]:
+    """The figures of a run, JSON-ready."""
+    return {"seed": seed, "hosts": result.hosts, "ops": len(result.history.ops()),
+            "verdict": result.check.verdict, "anomalies": len(result.check.anomalies),
+            "faults": dict(sorted(result.injected.items())), "netem": result.netem,
+            "stale_answers": result.stale_answers, "probe_answers": result.probes,
+            "refusals": result.refusals, "cuts": result.cuts,
+            "cuts_refused": result.cuts_refused, "first_refusal_s": result.first_refusal,
+            "lease_ttl_s": LEASE_TTL, "takeover_s": TAKEOVER, "requests": result.requests,
+            "forwarded": result.forwarded, "passed": passed(result)}
+
+
+def cluster_command(*, storage: str = "postgres", seed: int = 0, ops: int | None = None,
+                    seconds: float | None = None, depth: str = "default",
+                    faults: str | None = None, mutant: str | None = None,
+                    as_json: bool = False, history_out: Path | None = None,
+                    out: Callable[[str], None] = print,
+                    err: Callable[[str], None] = print) -> int:
+    """``duro check --mode cluster``: run, print the figures; the exit code (0 ok, 1 a promise
+    broken, 2 usage or setup error: not root, no namespaces, no PostgreSQL or moto).
+
+    *depth* ``quick`` is one short run (150 ops, 20 s), ``default`` one run (300 ops, 30 s),
+    ``thorough`` five seeds of 1,000 ops over 120 s each; *ops* and *seconds* override.
+    """
+    import json
+
+    if depth not in ("quick", "default", "thorough"):
+        err(f"error: unknown depth {depth!r}")
+        return 2
+    try:
+        kinds = tuple(FAULTS if faults in (None, "", "all") else
+                      [f.strip() for f in str(faults).split(",") if f.strip()])
+        get_mutant(mutant, cluster=True)
+    except ValueError as exc:
+        err(f"error: {exc}")
+        return 2
+    why = available()
+    if why is not None:
+        err(f"error: duro check --mode cluster runs hosts in Linux network namespaces and "
+            f"cannot here: {why}. Run it as root (e.g. `sudo duro check --mode cluster`) on "
+            "Linux with iproute2 (the `ip` command); the other modes need neither.")
+        return 2
+    base = {"quick": (150, 20.0), "default": (300, 30.0), "thorough": (1000, 120.0)}[depth]
+    n_ops, n_seconds = ops or base[0], seconds or base[1]
+    seeds = [seed + i for i in range(5 if depth == "thorough" else 1)]
+    bad = 0
+    summaries: list[dict[str, Any]] = []
+    for s in seeds:
+        try:
+            result = run_cluster(storage=storage, seed=s, ops=n_ops, duration=n_seconds,
+                                 faults=kinds, mutant=mutant)
+        except ConfigError as exc:
+            err(f"error: {exc}")
+            return 2
+        if history_out is not None:
+            result.history.dump(history_out if len(seeds) == 1
+                                else history_out.with_suffix(f".{s}{history_out.suffix}"))
+        summaries.append(summary_json(result, s))
+        if not as_json:
+            verdict = "ok" if passed(result) else "FAILED"
+            out(f"seed {s} ({storage}): {verdict}\n{describe(result)}")
+        bad += not passed(result)
+    if as_json:
+        out(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
+    return 1 if bad else 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m duro.consistency.cluster_mode [--seed N] [--ops N] [--thorough]``."""
+    """``python -m duro.consistency.cluster_mode [--storage postgres|s3] [--seed N] [--ops N]
+    [--seconds S] [--faults F,...] [--mutant NAME] [--quick | --thorough] [--json]``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m duro.consistency.cluster_mode")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ops", type=int, default=300)
+    parser.add_argument("--ops", type=int, default=None)
     parser.add_argument("--storage", choices=("postgres", "s3"), default="postgres")
-    parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--thorough", action="store_true",
-                        help="5 seeds of 1,000 ops over 120 s each")
+    parser.add_argument("--seconds", type=float, default=None)
+    parser.add_argument("--faults", default=None, help=f"some of {','.join(FAULTS)}")
+    parser.add_argument("--mutant", default=None)
+    parser.add_argument("--json", action="store_true")
+    depth = parser.add_mutually_exclusive_group()
+    depth.add_argument("--quick", action="store_true", help="150 ops over 20 s")
+    depth.add_argument("--thorough", action="store_true",
+                       help="5 seeds of 1,000 ops over 120 s each")
     args = parser.parse_args(argv)
-    runs = ([(args.seed + i, 1000, 120.0) for i in range(5)] if args.thorough
-            else [(args.seed, args.ops, args.seconds)])
-    bad = 0
-    for seed, n, seconds in runs:
-        result = run_cluster(storage=args.storage, seed=seed, ops=n, duration=seconds)
-        print(f"seed {seed}:\n{describe(result)}", flush=True)
-        bad += result.check.verdict != "ok" or result.stale_answers > 0
-    return 1 if bad else 0
+    return cluster_command(
+        storage=args.storage, seed=args.seed, ops=args.ops, seconds=args.seconds,
+        depth="quick" if args.quick else "thorough" if args.thorough else "default",
+        faults=args.faults, mutant=args.mutant, as_json=args.json,
+        err=lambda line: print(line, file=sys.stderr))
 
 
 if __name__ == "__main__":

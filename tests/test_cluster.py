@@ -87,13 +87,40 @@ def test_cluster_on_s3_stays_linearizable_under_partitions(
     _check(result, report_figure, "cluster s3")
 
 
-def test_cluster_catches_an_owner_answering_after_its_lease(
+def _duro(*args: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``duro ARGS`` (the installed console script), as *user* if given."""
+    import sys
+    from pathlib import Path
+
+    cmd = [str(Path(sys.executable).with_name("duro")), *args]
+    if user is not None:
+        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_check_mode_cluster_says_what_it_needs() -> None:
+    done = _duro("check", "--mode", "cluster", user="65534")  # nobody: no namespaces
+    assert done.returncode == 2, done.stderr
+    assert "root" in done.stderr and "network namespaces" in done.stderr
+    done = _duro("check", "--mode", "cluster", "--backend", "sqlite:///x.db")
+    assert done.returncode == 2 and "--backend" in done.stderr
+    done = _duro("check", "--mode", "cluster", "--storage", "lmdb")
+    assert done.returncode == 2 and "postgres or s3" in done.stderr
+
+
+def test_check_mode_cluster_catches_an_owner_answering_after_its_lease(
         report_figure: Callable[[str], None]) -> None:
-    """The measure can fail: the mutant that keeps answering from its cache once it cannot
-    renew its lease is seen answering after the lease ran out (storage cuts only)."""
-    result = run_cluster(storage="postgres", seed=3, ops=120, duration=15,
-                         faults=("storage",), mutant="lost-lease-read")
-    report_figure("cluster postgres, mutant lost-lease-read: "
-                  + describe(result).replace("\n", "; "))
-    assert result.injected.get("storage", 0) > 0
-    assert result.stale_answers > 0, describe(result)
+    """The measure can fail: ``duro check --mode cluster`` on the mutant that keeps answering
+    from its cache once it cannot renew its lease (storage cuts only) sees it answer after
+    the lease ran out, and exits 1."""
+    import json
+
+    done = _duro("check", "--mode", "cluster", "--storage", "postgres", "--seed", "3",
+                 "--ops", "120", "--seconds", "15", "--faults", "storage",
+                 "--mutant", "lost-lease-read", "--json")
+    assert done.returncode == 1, done.stderr[-2000:]
+    figures = json.loads(done.stdout)
+    report_figure(f"duro check --mode cluster --mutant lost-lease-read: {figures}")
+    assert figures["faults"].get("storage", 0) > 0
+    assert figures["stale_answers"] > 0, figures
+    assert not figures["passed"]
