@@ -395,8 +395,7 @@ def _drive(net: HostNetwork, servers: list[_HostServer], program: Program, rec: 
            faults: tuple[str, ...]) -> int:
     """Start the servers, run the clients against the nemesis, stop; the end time (ns)."""
     try:
-        for s in servers:
-            s.start()
+        _each(servers, _HostServer.start)  # together: each start is mostly imports
 
         async def main() -> None:
             transport = httpx.AsyncHTTPTransport(local_address=net.client_address)
@@ -427,9 +426,18 @@ def _drive(net: HostNetwork, servers: list[_HostServer], program: Program, rec: 
         asyncio.run(main())
     finally:
         net.heal()
-        for s in servers:
-            s.stop()
+        _each(servers, _HostServer.stop)
     return time.monotonic_ns()
+
+
+def _each(servers: list[_HostServer], step: Callable[[_HostServer], None]) -> None:
+    """*step* on every server at once (threads); the first error, once all are done."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(servers)) as pool:
+        futures = [pool.submit(step, s) for s in servers]
+    for f in futures:
+        f.result()
 
 
 def describe(result: ClusterRunResult) -> str:

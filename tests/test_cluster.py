@@ -116,7 +116,7 @@ def test_check_mode_cluster_catches_an_owner_answering_after_its_lease(
     import json
 
     done = _duro("check", "--mode", "cluster", "--storage", "postgres", "--seed", "3",
-                 "--ops", "120", "--seconds", "15", "--faults", "storage",
+                 "--ops", "40", "--seconds", "6", "--faults", "storage",
                  "--mutant", "lost-lease-read", "--json")
     assert done.returncode == 1, done.stderr[-2000:]
     figures = json.loads(done.stdout)
