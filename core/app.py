@@ -382,7 +382,10 @@ class App:
                     for inst in list(ns._instances.values()):
                         if not inst.accepting:
                             continue
-                        if inst.idle and now - inst.last_active >= cfg.idle_timeout:
+                        # A lost lease is not released (storage is unreachable): the
+                        # instance stays, refusing its calls at once, until a renewal.
+                        if (inst.idle and now - inst.last_active >= cfg.idle_timeout
+                                and not inst.lease_lost(now)):
                             evicting = asyncio.ensure_future(inst.evict())
                             self._tasks.add(evicting)
                             evicting.add_done_callback(self._tasks.discard)
