@@ -101,6 +101,8 @@ class ClusterRunResult:
     forwarded: int
     statuses: dict[str, int] = field(default_factory=dict)
     netem: bool = False
+    probe_outcomes: dict[str, int] = field(default_factory=dict)
+    """Probe reads by outcome: HTTP status, or the client error (timeouts: hosts that hang)."""
 
 
 class _HostServer:
@@ -387,7 +389,8 @@ def _run(net: HostNetwork, url: str, workdir: Path, *, seed: int, ops: int, obje
     return ClusterRunResult(hist, check_history(hist), len(servers), dict(injected),
                             watch.stale, watch.probes, watch.refusals, watch.cuts,
                             len(watch.first_refusals), max(watch.first_refusals, default=None),
-                            watch.requests, watch.forwarded, dict(watch.statuses), net.netem)
+                            watch.requests, watch.forwarded, dict(watch.statuses), net.netem,
+                            dict(watch.probe_outcomes))
 
 
 def _drive(net: HostNetwork, servers: list[_HostServer], program: Program, rec: Recorder,
@@ -453,7 +456,8 @@ def describe(result: ClusterRunResult) -> str:
         f"refusals by cut hosts that lost their lease: {result.refusals}; "
         f"{result.cuts_refused} of {result.cuts} cuts refused, the first refusal at most "
         f"{'-' if result.first_refusal is None else f'{result.first_refusal:.2f}'} s after "
-        f"the cut (lease {LEASE_TTL:g} s, takeover from {TAKEOVER:g} s)",
+        f"the cut (lease {LEASE_TTL:g} s, takeover from {TAKEOVER:g} s); probe outcomes "
+        f"{dict(sorted(result.probe_outcomes.items()))}",
         f"requests answered {result.requests} ({result.forwarded} forwarded); other outcomes "
         f"{dict(sorted(result.statuses.items()))}",
     ])
