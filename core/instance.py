@@ -478,7 +478,13 @@ class Instance:
         if renewing is None:
             return
         since = now if self._unanswered_since is None else self._unanswered_since
-        await asyncio.wait({renewing}, timeout=max(0.0, since + self._renew_grace - now))
+        # On the App's clock (a test's manual clock decides when the grace is over).
+        grace = asyncio.ensure_future(self.app.clock.sleep(max(0.0, since + self._renew_grace
+                                                               - now)))
+        try:
+            await asyncio.wait({renewing, grace}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            grace.cancel()
 
     def _renew_soon(self) -> asyncio.Task[None] | None:
         if self._renewing is None and self._broken is None:
@@ -495,9 +501,8 @@ class Instance:
         self._renew_failed = True
 
     async def renew(self) -> None:
-        """Renew the lease (epoch-checked); on ``Fenced`` reset the instance. A transient
-        failure (``BackendUnavailable``) keeps it: once the lease runs out, calls are refused
-        until a renewal gets through (the App's lease keeper retries)."""
+        """Renew the lease (epoch-checked); if that fails (``Fenced``, or an error: the
+        outcome of the outputs it held is then unknown), reset the instance."""
         cfg, clock = self.app.config, self.app.clock
         try:
             sent = clock.monotonic()
@@ -506,8 +511,6 @@ class Instance:
             await self.app.lease_io(self.backend.renew, self.ref, self.epoch,
                                     clock.time() + cfg.lease_ttl)
             self.renewed(sent)
-        except BackendUnavailable:
-            self.renewal_failed()
         except DuroError as exc:
             self.reset(exc)
         finally:
