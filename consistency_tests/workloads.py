@@ -23,7 +23,7 @@ code serves Hypothesis (:func:`programs`, which shrinks) and seeded runs of ``du
 An op whose outcome is unknown (``ObjectReset``, ``Fenced``, ``CallTimeout``,
 ``BackendUnavailable``, a lost connection, …) is recorded ``info`` and the client carries on
 under a new process number, as Jepsen does. A call refused before it started (the App was
-closing, ``Overloaded``) is ``fail``.
+closing, ``Overloaded``, an owner that lost its lease) is ``fail``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 
 from duro.consistency.history import Function, OpHandle, Recorder
 from duro.consistency.target import object_id
-from duro.errors import DuroError, ObjectError, ObjectReset, Overloaded
+from duro.errors import BackendUnavailable, DuroError, ObjectError, ObjectReset, Overloaded
 
 __all__ = [
     "ALARM_KEY",
@@ -381,12 +381,17 @@ def programs(*, objects: tuple[int, int] = (1, 3), clients: tuple[int, int] = (2
 def classify_error(exc: BaseException) -> str:
     """``fail`` (certainly not applied), ``info`` (unknown) or ``bug`` (the harness erred).
 
-    A call refused before it started (``AppClosing``, ``Overloaded``) did not happen; a reset,
-    timeout, unavailable backend or lost connection may or may not have.
+    A call refused before it started (``AppClosing``, ``Overloaded``, an owner's refusal
+    after it lost its lease: :data:`duro.instance.NOT_RUN`) did not happen; a reset, timeout,
+    unavailable backend or lost connection may or may not have. (The target's methods make no
+    calls of their own, so a refusal they return is their own call's.)
     """
     from duro.app import AppClosing
+    from duro.instance import NOT_RUN
 
     if isinstance(exc, AppClosing | Overloaded):
+        return "fail"
+    if isinstance(exc, BackendUnavailable) and NOT_RUN in exc.message:
         return "fail"
     if isinstance(exc, ObjectError) and exc.type_name not in ("BackendUnavailable",):
         return "bug"

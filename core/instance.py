@@ -43,7 +43,11 @@ if TYPE_CHECKING:
     from duro.ids import ObjectId
     from duro.namespace import Namespace
 
-__all__ = ["Gone", "Instance", "current_call"]
+__all__ = ["NOT_RUN", "Gone", "Instance", "current_call"]
+
+NOT_RUN = "the call was not run"
+"""In the message of the :class:`~duro.errors.BackendUnavailable` an owner that lost its lease
+refuses a call with: the call certainly did not happen."""
 
 T = TypeVar("T")
 log = logging.getLogger("duro.alarms")
@@ -439,7 +443,7 @@ class Instance:
         since = self._unanswered_since
         return self._renew_failed or (since is not None and now - since >= self._renew_grace)
 
-    def _lost_error(self, what: str = "the call was not run") -> BackendUnavailable:
+    def _lost_error(self, what: str = NOT_RUN) -> BackendUnavailable:
         """The refusal of a call (or an output) while the lease is lost."""
         clock, cfg = self.app.clock, self.app.config
         now = clock.monotonic()
