@@ -12,6 +12,13 @@
   (:mod:`duro.consistency.runner`). Without ``--backend`` it checks a scratch store, never
   the application's own.
 
+- ``duro check --mode cluster [--storage postgres|s3] [--quick | --thorough] [--seed N]
+  [--ops N] [--seconds S] [--faults storage,peers,split,oneway,kill,pause] [--mutant NAME]
+  [--json] [--history-out FILE]`` runs ``duro serve`` on three hosts in Linux network
+  namespaces on a shared PostgreSQL (or S3 on a moto server) it starts itself, partitions,
+  kills and pauses them, and checks the history (:mod:`duro.consistency.cluster_mode`). It
+  needs root and iproute2, and PostgreSQL's binaries (or moto) for the store.
+
 Exit codes: 0 ok, 1 contract violation or anomaly found (printed with its witness), 2 usage or
 setup error (e.g. a malformed history: the message names the line), 3 unknown (search budget
 exhausted).
@@ -128,10 +135,18 @@ def check(
         "--histories", help="How many histories stage 2 runs and checks (default: by depth: "
         "8 with --quick, 16 by default, 60 with --thorough).", min=1)] = None,
     mode: Annotated[str, typer.Option(
-        "--mode", help="mixed, deterministic, tasks, threads, processes or http.")] = "mixed",
+        "--mode", help="mixed, deterministic, tasks, threads, processes, http, or cluster "
+        "(hosts in network namespaces with partitions; needs root).")] = "mixed",
     mutant: Annotated[str | None, typer.Option(
         "--mutant", help="Test-only broken duro the suite must catch: skip-epoch-check, "
-        "stale-read, steal-lease, drop-write, ack-early, half-batch.")] = None,
+        "stale-read, steal-lease, drop-write, ack-early, half-batch; with --mode cluster "
+        "also lost-lease-read.")] = None,
+    storage: Annotated[str | None, typer.Option(
+        "--storage", help="--mode cluster: the shared store it starts, postgres (default) "
+        "or s3 (a moto server).")] = None,
+    seconds: Annotated[float | None, typer.Option(
+        "--seconds", help="--mode cluster: how long a run lasts (default 30; 20 with "
+        "--quick, 120 with --thorough).", min=1.0)] = None,
     quick: Annotated[bool, typer.Option(
         "--quick", help="Shallower and faster: fewer rounds in stage 1, fewer histories.")
     ] = False,
@@ -155,6 +170,18 @@ def check(
                 "--history-out": history_out}
     if quick and thorough:
         err.print("[red]error:[/red] --quick and --thorough exclude each other")
+        raise typer.Exit(EXIT_USAGE)
+    if mode == "cluster":
+        raise typer.Exit(_cluster(
+            storage=storage, seed=seed, ops=ops, seconds=seconds, faults=faults, mutant=mutant,
+            depth="quick" if quick else "thorough" if thorough else "default", as_json=as_json,
+            history_out=history_out,
+            others={"--history": history, "--backend": backend, "--objects": objects,
+                    "--clients": clients, "--processes": processes, "--report": report,
+                    "--histories": histories, "--keep-going": keep_going or None,
+                    "--stage": None if stage == "all" else stage}))
+    if storage is not None or seconds is not None:
+        err.print("[red]error:[/red] --storage and --seconds go with --mode cluster")
         raise typer.Exit(EXIT_USAGE)
     if history is None:
         from duro.consistency.stages import check_backend
@@ -201,6 +228,33 @@ def check(
         console.print(f"report written to {report}", highlight=False)
     raise typer.Exit({"ok": EXIT_OK, "anomaly": EXIT_ANOMALY, "unknown": EXIT_UNKNOWN}
                      [result.verdict])
+
+
+def _cluster(*, storage: str | None, seed: int | None, ops: int | None, seconds: float | None,
+             faults: str | None, mutant: str | None, depth: str, as_json: bool,
+             history_out: Path | None, others: dict[str, object]) -> int:
+    """``duro check --mode cluster``: :func:`duro.consistency.cluster_mode.cluster_command`."""
+    from duro.consistency.cluster_mode import cluster_command
+
+    given = [flag for flag, v in others.items() if v is not None]
+    if given:
+        err.print(f"[red]error:[/red] --mode cluster starts its own hosts and store; it cannot "
+                  f"be combined with {', '.join(given)}", highlight=False)
+        return EXIT_USAGE
+    if storage not in (None, "postgres", "s3"):
+        err.print(f"[red]error:[/red] --storage must be postgres or s3, not {escape(storage)}",
+                  highlight=False)
+        return EXIT_USAGE
+    def say(line: str) -> None:
+        if as_json:
+            print(line, flush=True)  # JSON alone on stdout
+        else:
+            console.print(line, markup=False, highlight=False)
+
+    return cluster_command(
+        storage=storage or "postgres", seed=seed or 0, ops=ops, seconds=seconds, depth=depth,
+        faults=faults, mutant=mutant, as_json=as_json, history_out=history_out, out=say,
+        err=lambda line: err.print(line, markup=False, highlight=False))
 
 
 def register(app: typer.Typer) -> None:

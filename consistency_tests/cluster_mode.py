@@ -16,10 +16,19 @@ seed, injects one fault at a time and heals it:
 - added latency and packet loss when the kernel has ``sch_netem`` (reported otherwise).
 
 Each fault lasts longer than a lease, so ownership moves while it holds. The history is checked
-by the usual checker, and one more property is measured directly: once a host is cut from
-storage, no op that *it ran itself* may be answered later than one lease after the cut (its
-last renewal was sent before the cut, so its lease has run out by then, and the output gate
-must hold everything). Such answers are counted as ``stale_answers`` and must be 0.
+by the usual checker, and one more property is measured directly. Just before a host is cut
+from storage it is made the owner of a fresh *probe object* (one write through it, so its
+cache holds the object); from the cut on, reads of that object and of every workload object
+are sent to the cut host until the fault heals (probes, not part of the history):
+
+- no op that *it ran itself* may be answered later than one lease after the cut (its last
+  renewal was sent before the cut, so its lease has run out by then): such answers are
+  counted as ``stale_answers`` and must be 0;
+- it must say so: its objects' calls are refused (503, "lost its lease", not run), counted as
+  ``refusals``, the first of them no later than :data:`TAKEOVER` after the cut, when another
+  host may take the objects over. Refusals show that the 0 above is measured on a host that
+  answers, not one that merely went silent; the mutant ``lost-lease-read`` (it answers from
+  its cache instead) makes ``stale_answers`` positive.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -49,16 +58,21 @@ from duro.consistency.freerun import final_reads
 from duro.consistency.history import History, Recorder
 from duro.consistency.http_mode import APP_TARGET, _caller, _Traffic
 from duro.consistency.mutants import get_mutant
-from duro.consistency.target import NAMESPACE
+from duro.consistency.target import NAMESPACE, object_path
 from duro.consistency.workloads import ClientPlan, Program, random_program, run_client
 from duro.errors import ConfigError
 from duro.ids import id_from_name
 from duro.testing.netns import Host, HostNetwork, available, reap_stale
 
-__all__ = ["FAULTS", "ClusterRunResult", "run_cluster"]
+__all__ = ["FAULTS", "LEASE_TTL", "TAKEOVER", "ClusterRunResult", "run_cluster"]
 
 FAULTS: Final = ("storage", "peers", "split", "oneway", "kill", "pause")
 LEASE_TTL: Final = 2.0
+DRIFT: Final = LEASE_TTL / 4  # the drift margin the served App uses (duro.consistency.http_app)
+TAKEOVER: Final = LEASE_TTL + 2 * DRIFT
+"""The longest time from a cut until another host may take a cut owner's objects over: its
+last renewal was sent before the cut, and the stored lease end, one lease later, is a drift
+margin past the end of its local validity; a challenger waits one more margin."""
 PORT: Final = 8000
 REQUEST_TIMEOUT: Final = 8.0
 
@@ -74,11 +88,21 @@ class ClusterRunResult:
     stale_answers: int
     """Ops a host ran and answered more than one lease after it was cut from storage."""
     probes: int
-    """Reads sent to hosts cut from storage, once a lease had passed."""
+    """Probe reads sent to hosts cut from storage that got an answer (of any status)."""
+    refusals: int
+    """Probe reads a cut host refused because it lost its lease (503, the call not run)."""
+    cuts: int
+    """Cuts from storage (``storage`` and ``split`` faults) whose host owned its probe object."""
+    cuts_refused: int
+    """Those of the cuts in which the cut host refused at least once."""
+    first_refusal: float | None
+    """The longest time from a cut to that host's first refusal (seconds), over the cuts."""
     requests: int
     forwarded: int
     statuses: dict[str, int] = field(default_factory=dict)
     netem: bool = False
+    probe_outcomes: dict[str, int] = field(default_factory=dict)
+    """Probe reads by outcome: HTTP status, or the client error (timeouts: hosts that hang)."""
 
 
 class _HostServer:
@@ -152,13 +176,18 @@ class _HostServer:
 
 
 class _Watch(_Traffic):
-    """Counts traffic, and answers a host ran itself after its lease must have run out."""
+    """Counts traffic, answers a host ran itself after its lease must have run out, and the
+    refusals of cut hosts."""
 
     def __init__(self) -> None:
         super().__init__()
         self.cut_at: dict[str, float] = {}  # host tag -> monotonic time it lost storage
         self.stale = 0
         self.probes = 0
+        self.refusals = 0
+        self.cuts = 0
+        self.first_refusals: list[float] = []  # per cut that refused: cut -> first refusal
+        self.probe_outcomes: Counter[str] = Counter()
 
     def answered(self, sent_to: str, ran_on: str) -> None:
         super().answered(sent_to, ran_on)
@@ -181,21 +210,49 @@ def _busiest(backend: Backend, program: Program, servers: list[_HostServer],
     return max(rng.sample(live, len(live)), key=lambda s: owned[s.cluster])
 
 
-async def _probe(victim: _HostServer, program: Program, http: httpx.AsyncClient, watch: _Watch,
-                 done: asyncio.Event) -> None:
-    """Once a lease has passed since *victim* lost storage, keep reading every object through
-    it: whatever it answers having run the read itself is an answer after its lease."""
-    await asyncio.sleep(LEASE_TTL)
-    key = program.keys()[0]
-    while not done.is_set():
-        for name in program.objects:
-            with contextlib.suppress(httpx.HTTPError):
-                r = await http.post(f"{victim.base}/{NAMESPACE}/name/{name}/get",
-                                    json={"key": key}, timeout=1.0)
+PROBE_KEY: Final = "probe"
+
+
+async def _own_probe_object(victim: _HostServer, name: str, http: httpx.AsyncClient) -> bool:
+    """Make *victim* the owner of the fresh object *name*, with one key in its cache."""
+    try:
+        r = await http.post(f"{victim.base}/{NAMESPACE}/{object_path(name)}/put",
+                            json={"key": PROBE_KEY, "value": name}, timeout=REQUEST_TIMEOUT)
+    except httpx.HTTPError:
+        return False
+    return r.status_code == 200 and r.json()["server"] == victim.tag
+
+
+async def _probe(victim: _HostServer, objects: list[str], key: str, cut_at: float,
+                 http: httpx.AsyncClient, watch: _Watch, done: asyncio.Event) -> None:
+    """From the cut on, keep reading *key* of every object through *victim* (one task per
+    object): what it answers having run the read itself more than a lease after the cut is an
+    answer after its lease; a 503 saying it lost its lease is a refusal."""
+    refused: list[float] = []
+
+    async def one(name: str) -> None:
+        path = f"{victim.base}/{NAMESPACE}/{object_path(name)}/get"
+        while not done.is_set():
+            try:
+                r = await http.post(path, json={"key": key}, timeout=1.0)
+            except httpx.HTTPError as exc:
+                watch.probe_outcomes[type(exc).__name__] += 1
+            else:
                 watch.probes += 1
                 if r.status_code == 200:
                     watch.answered(victim.tag, r.json()["server"])
-        await asyncio.sleep(0.2)
+                elif r.status_code == 503 and "lost its lease" in r.text:
+                    watch.refusals += 1
+                    if not refused:
+                        refused.append(time.monotonic() - cut_at)
+                watch.probe_outcomes[str(r.status_code)] += 1
+            await asyncio.sleep(0.2)
+
+    try:
+        await asyncio.gather(*(one(name) for name in objects))
+    finally:
+        if refused:
+            watch.first_refusals.append(refused[0])
 
 
 async def _nemesis(net: HostNetwork, servers: list[_HostServer], rng: random.Random,
@@ -219,14 +276,22 @@ async def _nemesis(net: HostNetwork, servers: list[_HostServer], rng: random.Ran
         if kind in ("storage", "split"):
             # Clients route around it first, as a health check would, and its last writes
             # settle: a cut owner then holds a clean cache, the one a stale answer would use.
+            # It also owns a fresh probe object that nobody else writes, so one object at
+            # least has no flush in flight at the cut (a flush that cannot land holds every
+            # later output, stale or not).
             victim.alive = False
+            probe = f"probe-{victim.tag}-{sum(injected.values())}"
+            owned = await _own_probe_object(victim, probe, http)
             await asyncio.sleep(0.5)
             if kind == "storage":
                 net.isolate_from_storage(victim.host)
             else:
                 net.split([victim.host])
-            watch.cut_at[victim.tag] = time.monotonic()
-            probing = asyncio.ensure_future(_probe(victim, program, http, watch, done))
+            cut_at = watch.cut_at[victim.tag] = time.monotonic()
+            watch.cuts += owned
+            names = [probe] if owned else []
+            probing = asyncio.ensure_future(_probe(
+                victim, [*names, *program.objects], PROBE_KEY, cut_at, http, watch, done))
         elif kind == "peers":
             net.isolate_from_peers(victim.host)
         elif kind == "oneway":
@@ -262,7 +327,7 @@ def run_cluster(*, storage: str = "postgres", seed: int = 0, ops: int = 300, obj
     when something is missing. *mutant* (a name from :mod:`duro.consistency.mutants`) breaks
     the served runtime, to show that the run catches it.
     """
-    get_mutant(mutant)  # ValueError for an unknown name, before anything starts
+    get_mutant(mutant, cluster=True)  # ValueError for an unknown name, before anything starts
     why = available()
     if why is not None:
         raise ConfigError(f"the cluster mode cannot run here: {why}")
@@ -322,8 +387,10 @@ def _run(net: HostNetwork, url: str, workdir: Path, *, seed: int, ops: int, obje
         backend.close()
     hist = bound_infos(rec.history(), [], end=end)
     return ClusterRunResult(hist, check_history(hist), len(servers), dict(injected),
-                            watch.stale, watch.probes, watch.requests, watch.forwarded,
-                            dict(watch.statuses), net.netem)
+                            watch.stale, watch.probes, watch.refusals, watch.cuts,
+                            len(watch.first_refusals), max(watch.first_refusals, default=None),
+                            watch.requests, watch.forwarded, dict(watch.statuses), net.netem,
+                            dict(watch.probe_outcomes))
 
 
 def _drive(net: HostNetwork, servers: list[_HostServer], program: Program, rec: Recorder,
@@ -331,8 +398,7 @@ def _drive(net: HostNetwork, servers: list[_HostServer], program: Program, rec: 
            faults: tuple[str, ...]) -> int:
     """Start the servers, run the clients against the nemesis, stop; the end time (ns)."""
     try:
-        for s in servers:
-            s.start()
+        _each(servers, _HostServer.start)  # together: each start is mostly imports
 
         async def main() -> None:
             transport = httpx.AsyncHTTPTransport(local_address=net.client_address)
@@ -363,9 +429,18 @@ def _drive(net: HostNetwork, servers: list[_HostServer], program: Program, rec: 
         asyncio.run(main())
     finally:
         net.heal()
-        for s in servers:
-            s.stop()
+        _each(servers, _HostServer.stop)
     return time.monotonic_ns()
+
+
+def _each(servers: list[_HostServer], step: Callable[[_HostServer], None]) -> None:
+    """*step* on every server at once (threads); the first error, once all are done."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(servers)) as pool:
+        futures = [pool.submit(step, s) for s in servers]
+    for f in futures:
+        f.result()
 
 
 def describe(result: ClusterRunResult) -> str:
@@ -377,32 +452,115 @@ def describe(result: ClusterRunResult) -> str:
         f"faults injected: {faults}",
         f"netem (latency, loss): {'yes' if result.netem else 'not in this kernel; drops only'}",
         f"answers by a host after its lease ran out while cut from storage: "
-        f"{result.stale_answers} (of {result.probes} probe reads sent to cut hosts)",
+        f"{result.stale_answers} (of {result.probes} probe reads answered by cut hosts)",
+        f"refusals by cut hosts that lost their lease: {result.refusals}; "
+        f"{result.cuts_refused} of {result.cuts} cuts refused, the first refusal at most "
+        f"{'-' if result.first_refusal is None else f'{result.first_refusal:.2f}'} s after "
+        f"the cut (lease {LEASE_TTL:g} s, takeover from {TAKEOVER:g} s); probe outcomes "
+        f"{dict(sorted(result.probe_outcomes.items()))}",
         f"requests answered {result.requests} ({result.forwarded} forwarded); other outcomes "
         f"{dict(sorted(result.statuses.items()))}",
     ])
 
 
+def passed(result: ClusterRunResult) -> bool:
+    """Whether a run holds every promise: a linearizable history, no answer after a lost
+    lease, and a refusal from every cut owner no later than :data:`TAKEOVER` after its cut."""
+    return (result.check.verdict == "ok" and result.stale_answers == 0
+            and result.cuts_refused == result.cuts
+            and (result.first_refusal is None or result.first_refusal <= TAKEOVER))
+
+
+def summary_json(result: ClusterRunResult, seed: int) -> dict[str, Any]:
+    """The figures of a run, JSON-ready."""
+    return {"seed": seed, "hosts": result.hosts, "ops": len(result.history.ops()),
+            "verdict": result.check.verdict, "anomalies": len(result.check.anomalies),
+            "faults": dict(sorted(result.injected.items())), "netem": result.netem,
+            "stale_answers": result.stale_answers, "probe_answers": result.probes,
+            "refusals": result.refusals, "cuts": result.cuts,
+            "cuts_refused": result.cuts_refused, "first_refusal_s": result.first_refusal,
+            "lease_ttl_s": LEASE_TTL, "takeover_s": TAKEOVER, "requests": result.requests,
+            "forwarded": result.forwarded, "passed": passed(result)}
+
+
+def cluster_command(*, storage: str = "postgres", seed: int = 0, ops: int | None = None,
+                    seconds: float | None = None, depth: str = "default",
+                    faults: str | None = None, mutant: str | None = None,
+                    as_json: bool = False, history_out: Path | None = None,
+                    out: Callable[[str], None] = print,
+                    err: Callable[[str], None] = print) -> int:
+    """``duro check --mode cluster``: run, print the figures; the exit code (0 ok, 1 a promise
+    broken, 2 usage or setup error: not root, no namespaces, no PostgreSQL or moto).
+
+    *depth* ``quick`` is one short run (150 ops, 20 s), ``default`` one run (300 ops, 30 s),
+    ``thorough`` five seeds of 1,000 ops over 120 s each; *ops* and *seconds* override.
+    """
+    import json
+
+    if depth not in ("quick", "default", "thorough"):
+        err(f"error: unknown depth {depth!r}")
+        return 2
+    try:
+        kinds = tuple(FAULTS if faults in (None, "", "all") else
+                      [f.strip() for f in str(faults).split(",") if f.strip()])
+        get_mutant(mutant, cluster=True)
+    except ValueError as exc:
+        err(f"error: {exc}")
+        return 2
+    why = available()
+    if why is not None:
+        err(f"error: duro check --mode cluster runs hosts in Linux network namespaces and "
+            f"cannot here: {why}. Run it as root (e.g. `sudo duro check --mode cluster`) on "
+            "Linux with iproute2 (the `ip` command); the other modes need neither.")
+        return 2
+    base = {"quick": (150, 20.0), "default": (300, 30.0), "thorough": (1000, 120.0)}[depth]
+    n_ops, n_seconds = ops or base[0], seconds or base[1]
+    seeds = [seed + i for i in range(5 if depth == "thorough" else 1)]
+    bad = 0
+    summaries: list[dict[str, Any]] = []
+    for s in seeds:
+        try:
+            result = run_cluster(storage=storage, seed=s, ops=n_ops, duration=n_seconds,
+                                 faults=kinds, mutant=mutant)
+        except ConfigError as exc:
+            err(f"error: {exc}")
+            return 2
+        if history_out is not None:
+            result.history.dump(history_out if len(seeds) == 1
+                                else history_out.with_suffix(f".{s}{history_out.suffix}"))
+        summaries.append(summary_json(result, s))
+        if not as_json:
+            verdict = "ok" if passed(result) else "FAILED"
+            out(f"seed {s} ({storage}): {verdict}\n{describe(result)}")
+        bad += not passed(result)
+    if as_json:
+        out(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
+    return 1 if bad else 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m duro.consistency.cluster_mode [--seed N] [--ops N] [--thorough]``."""
+    """``python -m duro.consistency.cluster_mode [--storage postgres|s3] [--seed N] [--ops N]
+    [--seconds S] [--faults F,...] [--mutant NAME] [--quick | --thorough] [--json]``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m duro.consistency.cluster_mode")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ops", type=int, default=300)
+    parser.add_argument("--ops", type=int, default=None)
     parser.add_argument("--storage", choices=("postgres", "s3"), default="postgres")
-    parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--thorough", action="store_true",
-                        help="5 seeds of 1,000 ops over 120 s each")
+    parser.add_argument("--seconds", type=float, default=None)
+    parser.add_argument("--faults", default=None, help=f"some of {','.join(FAULTS)}")
+    parser.add_argument("--mutant", default=None)
+    parser.add_argument("--json", action="store_true")
+    depth = parser.add_mutually_exclusive_group()
+    depth.add_argument("--quick", action="store_true", help="150 ops over 20 s")
+    depth.add_argument("--thorough", action="store_true",
+                       help="5 seeds of 1,000 ops over 120 s each")
     args = parser.parse_args(argv)
-    runs = ([(args.seed + i, 1000, 120.0) for i in range(5)] if args.thorough
-            else [(args.seed, args.ops, args.seconds)])
-    bad = 0
-    for seed, n, seconds in runs:
-        result = run_cluster(storage=args.storage, seed=seed, ops=n, duration=seconds)
-        print(f"seed {seed}:\n{describe(result)}", flush=True)
-        bad += result.check.verdict != "ok" or result.stale_answers > 0
-    return 1 if bad else 0
+    return cluster_command(
+        storage=args.storage, seed=args.seed, ops=args.ops, seconds=args.seconds,
+        depth="quick" if args.quick else "thorough" if args.thorough else "default",
+        faults=args.faults, mutant=args.mutant, as_json=args.json,
+        err=lambda line: print(line, file=sys.stderr))
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def make_app() -> App:
         raise ConfigError("DURO_CHECK_URL must name the backend of the consistency run")
     server = env.get("DURO_CHECK_SERVER", "0")
     ttl = float(env.get("DURO_CHECK_LEASE_TTL", "1.0"))
-    mutant = get_mutant(env.get("DURO_CHECK_MUTANT"))
+    mutant = get_mutant(env.get("DURO_CHECK_MUTANT"), cluster=True)  # its callers checked it
     backend: Backend = open_backend(url)
     faulty: FaultyBackend | None = None
     rate = float(env.get("DURO_CHECK_ERROR_RATE", "0") or 0)

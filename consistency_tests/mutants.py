@@ -22,6 +22,16 @@ test-only :class:`~duro.app.AppConfig` ``unsafe`` flag of the runtime, or throug
 
 ``duro check --mutant NAME`` runs the suite against one of them; it must report an anomaly
 (exit 1). :data:`MUTANTS` maps each name to its :class:`Mutant`.
+
+:data:`CLUSTER_MUTANTS` break what only the cluster mode (:mod:`duro.consistency.cluster_mode`,
+``duro check --mode cluster --mutant NAME``) can show, since it needs a host cut off from its
+storage by the network:
+
+=====================  =========================================================================
+``lost-lease-read``    an owner that can no longer renew its lease (storage unreachable) keeps
+                       answering from its cache instead of refusing; it renews as usual
+                       otherwise (``unsafe={"ignore_lost_lease"}``)
+=====================  =========================================================================
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from duro.backends.base import Backend, Batch, Lease, ObjectRef
 from duro.errors import BackendUnavailable, Fenced
 
 __all__ = [
+    "CLUSTER_MUTANTS",
     "MUTANTS",
     "GroupSkipFenceBackend",
     "HalfBatchBackend",
@@ -129,11 +140,19 @@ MUTANTS: Final[dict[str, Mutant]] = {m.name: m for m in (
 )}
 
 
-def get_mutant(name: str | None) -> Mutant | None:
-    """The mutant called *name* (None for none); ``ValueError`` naming the known ones."""
+CLUSTER_MUTANTS: Final[dict[str, Mutant]] = {m.name: m for m in (
+    Mutant("lost-lease-read", "keeps answering from its cache after its lease is lost",
+           unsafe=frozenset({"ignore_lost_lease"})),
+)}
+
+
+def get_mutant(name: str | None, *, cluster: bool = False) -> Mutant | None:
+    """The mutant called *name* (None for none); ``ValueError`` naming the known ones. With
+    *cluster*, the cluster mode's own mutants (:data:`CLUSTER_MUTANTS`) are known too."""
     if name is None or name in ("", "none"):
         return None
+    known = {**MUTANTS, **CLUSTER_MUTANTS} if cluster else MUTANTS
     try:
-        return MUTANTS[name]
+        return known[name]
     except KeyError:
-        raise ValueError(f"unknown mutant {name!r}; known: {', '.join(MUTANTS)}") from None
+        raise ValueError(f"unknown mutant {name!r}; known: {', '.join(known)}") from None

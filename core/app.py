@@ -320,7 +320,10 @@ class App:
                     for inst in list(ns._instances.values()):
                         if not inst.accepting:
                             continue
-                        if inst.idle and now - inst.last_active >= cfg.idle_timeout:
+                        # A lost lease is not released (storage is unreachable): the
+                        # instance stays, refusing its calls at once, until a renewal.
+                        if (inst.idle and now - inst.last_active >= cfg.idle_timeout
+                                and not inst.lease_lost(now)):
                             evicting = asyncio.ensure_future(inst.evict())
                             self._tasks.add(evicting)
                             evicting.add_done_callback(self._tasks.discard)
@@ -361,6 +364,8 @@ class App:
             if not due:
                 continue
             sent = clock.monotonic()
+            for inst in due:
+                inst.renewal_sent(sent)
             try:
                 stale = await self.lease_io(self.backend.renew_many,
                                             [(inst.ref, inst.epoch) for inst in due],
@@ -369,6 +374,8 @@ class App:
                 raise
             except Exception as exc:  # noqa: BLE001 - transient: the next tick tries again
                 log.warning("duro: renewing %d leases failed (%s); retrying", len(due), exc)
+                for inst in due:  # once a lease runs out, its calls are refused
+                    inst.renewal_failed()
                 continue
             for inst in due:
                 fenced = stale.get(inst.ref)

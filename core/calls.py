@@ -53,13 +53,17 @@ def decode_args(data: bytes) -> tuple[list[Any], dict[str, Any]]:
     return args, kwargs
 
 
-def encode_error(exc: BaseException) -> list[str]:
-    """``[kind, class name, message]``: duro and built-in errors keep their class."""
+def encode_error(exc: BaseException, *, ran: bool = False) -> list[str]:
+    """``[kind, class name, message]``: duro and built-in errors keep their class.
+
+    *ran*: the error comes out of a turn that ran (an object's method raised it, perhaps
+    passing on a refusal of its own outgoing call), so it never says ``not_run``.
+    """
     if isinstance(exc, ObjectError):
         return ["object", exc.type_name, exc.message]
     name = type(exc).__name__
     if isinstance(exc, DuroError) and _DURO_ERRORS.get(name) is type(exc):
-        return ["duro-not-run" if exc.not_run else "duro", name, exc.message]
+        return ["duro-not-run" if exc.not_run and not ran else "duro", name, exc.message]
     message = str(exc.args[0]) if len(exc.args) == 1 else str(exc)
     if _BUILTIN_ERRORS.get(name) is type(exc):
         return ["builtin", name, message]
@@ -94,9 +98,10 @@ def encode_result(value: Any) -> bytes:
         raise UnsupportedValue(f"return value: {exc}") from None
 
 
-def pack_error(exc: BaseException) -> bytes:
-    """An error envelope (never confused with a value: it is not codec-tagged)."""
-    return b"\x00" + msgpack.packb(encode_error(exc))
+def pack_error(exc: BaseException, *, ran: bool = False) -> bytes:
+    """An error envelope (never confused with a value: it is not codec-tagged); *ran* as in
+    :func:`encode_error`."""
+    return b"\x00" + msgpack.packb(encode_error(exc, ran=ran))
 
 
 def unpack(data: bytes) -> Any:

@@ -5,6 +5,14 @@ write made before it is durable (output gate) and only while the lease is valid;
 may start while that flush is in flight (group commit). A failed flush, or one whose outcome is
 unknown, resets the instance: its held outputs become :class:`~duro.errors.ObjectReset`, and
 the next call re-activates the object from storage under a new epoch.
+
+An owner whose lease ran out and cannot be renewed (storage unreachable: renewals fail, or get
+no answer within a grace of ``min(drift_margin, lease_ttl / 4)``) has *lost its lease*: it
+refuses every call for the object at once with :class:`~duro.errors.BackendUnavailable` (the
+call was not run; ``retry_after`` is the time until another process may take the object over)
+and never answers from its cache, while the output gate keeps holding the results of turns
+that ran before. A renewal that gets through later (epoch-checked) ends that state; a fenced
+one resets the instance.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import contextlib
 import contextvars
 import functools
 import logging
+import math
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -23,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from duro import tracing
 from duro.backends.base import Batch, CommitOp, Lease, ObjectRef, ReleaseOp
 from duro.calls import decode_args, encode_result, pack_error
-from duro.errors import DuroError, Fenced, ObjectReset, Overloaded
+from duro.errors import BackendUnavailable, DuroError, Fenced, ObjectReset, Overloaded
 from duro.objects import AlarmInfo, Context, DurableObject, _instantiate
 from duro.signals import Chain, Gone
 from duro.stats import ObjectStats
@@ -39,6 +48,7 @@ __all__ = ["Instance", "current_call"]
 
 T = TypeVar("T")
 log = logging.getLogger("duro.alarms")
+lease_log = logging.getLogger("duro.lease")
 
 current_call: contextvars.ContextVar[tuple[Instance, Chain] | None] = contextvars.ContextVar(
     "duro_current_call", default=None
@@ -80,6 +90,12 @@ class Instance:
         self._lease_valid_until = sent_at + cfg.lease_ttl - cfg.drift_margin
         if "skip_lease_check" in cfg.unsafe:  # mutant: serve after losing the lease
             self._lease_valid_until = float("inf")
+        # mutant: renew as usual, but keep serving from the cache once the lease is lost
+        self._ignore_lost_lease = "ignore_lost_lease" in cfg.unsafe
+        self._renew_grace = min(cfg.drift_margin, cfg.lease_ttl / 4)
+        self._unanswered_since: float | None = None  # oldest renewal sent since the last success
+        self._renew_failed = False  # a renewal failed since the last success
+        self._lost_logged = False
         self.storage = Storage(self, cfg.storage_limits, alarm, preload)
         self.ctx = Context(self)
         self.obj: DurableObject | None = None
@@ -212,6 +228,8 @@ class Instance:
         """
         if self._broken is not None or self._closing:
             raise Gone()
+        if self.lease_lost():
+            raise self._lost_error()
         if len(self._queue) >= self.app.config.max_queue:
             raise Overloaded(
                 f"object {self.oid.hex[:12]}… has {len(self._queue)} queued calls; retry later",
@@ -226,6 +244,8 @@ class Instance:
         """Queue the deletion of this object's state; runs as a turn on the owner."""
         if not self.accepting:
             raise Gone()
+        if self.lease_lost():
+            raise self._lost_error()
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._queue.append(_Event("delete", "__delete__", b"", (), fut))
         self._kick()
@@ -248,14 +268,19 @@ class Instance:
             await self.read(self.backend.release, self.ref, self.epoch)
 
     async def output_ready(self) -> None:
-        """Wait until every write so far is durable and the lease is valid (output gate)."""
+        """Wait until every write so far is durable and the lease is valid (output gate).
+
+        Raises :class:`~duro.errors.BackendUnavailable` if the lease is lost (the output, an
+        outgoing call, is not sent)."""
         await self.storage.sync()
-        if self.app.clock.monotonic() >= self._lease_valid_until:
-            renewing = self._renew_soon()
-            if renewing is not None:
-                await asyncio.shield(renewing)
-            if self._broken is not None:
-                raise ObjectReset(f"object was reset: {self._broken}")
+        clock = self.app.clock
+        if self._lease_ok(clock.monotonic()):
+            return
+        await self._await_renewal(clock.monotonic())
+        if self._broken is not None:
+            raise ObjectReset(f"object was reset: {self._broken}")
+        if not self._lease_ok(clock.monotonic()):
+            raise self._lost_error("the outgoing call was not sent")
 
     def _kick(self) -> None:
         """A new event is queued: wake the worker, or start it."""
@@ -285,10 +310,17 @@ class Instance:
                     await self._wake
                     self._busy = True
                     continue
-                if self.app.clock.monotonic() >= self._lease_valid_until:
-                    renewing = self._renew_soon()  # never serve from a cache we may not own
-                    if renewing is not None:
-                        await asyncio.shield(renewing)
+                now = self.app.clock.monotonic()
+                if not self._lease_ok(now):  # never serve from a cache we may not own
+                    if not self.lease_lost(now):
+                        await self._await_renewal(now)
+                        continue
+                    self._refuse_queued()  # lost: what waits here was not run, and never is
+                    if self._queue:  # alarms: they wait for the lease to come back
+                        self._busy = False
+                        self._wake = loop.create_future()
+                        await self._wake
+                        self._busy = True
                     continue
                 if self._gate_holders or self.storage.over_dirty_limit:
                     self.stats.gate_waits += 1
@@ -341,7 +373,7 @@ class Instance:
                 raise
             out = pack_error(exc)  # raised by the method's own awaits: its error, not ours
         except Exception as exc:  # noqa: BLE001 - the method's own error, sent back to its caller
-            out = pack_error(exc)
+            out = pack_error(exc, ran=True)
         finally:
             current_call.reset(token)
             if otel is not None:
@@ -352,7 +384,7 @@ class Instance:
         """Send *out* once all earlier writes are durable and the lease is valid (output gate)."""
         storage = self.storage
         if (storage._durable_seq >= storage._write_seq and storage._broken is None
-                and self.app.clock.monotonic() < self._lease_valid_until):
+                and self._lease_ok(self.app.clock.monotonic())):
             if not fut.done():  # nothing pending and the lease valid: the gate is open now
                 fut.set_result(out)
             return
@@ -362,7 +394,7 @@ class Instance:
                 return
             if exc is not None:
                 fut.set_exception(exc)
-            elif self.app.clock.monotonic() < self._lease_valid_until:
+            elif self._lease_ok(self.app.clock.monotonic()):
                 fut.set_result(out)
             else:
                 self._lease_waiters.append((fut, out))
@@ -379,16 +411,89 @@ class Instance:
         """Whether the lease stops being valid within *within* seconds."""
         return self.app.clock.monotonic() + within >= self._lease_valid_until
 
+    def _lease_ok(self, now: float) -> bool:
+        """Whether outputs may leave and turns may start at monotonic time *now*."""
+        return now < self._lease_valid_until or self._ignore_lost_lease
+
+    def lease_lost(self, now: float | None = None) -> bool:
+        """Whether the lease ran out and renewing it fails, or has had no answer for the
+        grace (storage is unreachable): calls are refused until a renewal gets through."""
+        if self._ignore_lost_lease:
+            return False
+        now = self.app.clock.monotonic() if now is None else now
+        if now < self._lease_valid_until:
+            return False
+        since = self._unanswered_since
+        return self._renew_failed or (since is not None and now - since >= self._renew_grace)
+
+    def _lost_error(self, what: str = "the call was not run") -> BackendUnavailable:
+        """The refusal of a call (or an output) while the lease is lost."""
+        clock, cfg = self.app.clock, self.app.config
+        now = clock.monotonic()
+        # Another process may acquire once the stored lease end plus a drift margin is past;
+        # the local validity ends a margin before the stored end.
+        left = self._lease_valid_until + 2 * cfg.drift_margin - now
+        since = now - (self._unanswered_since if self._unanswered_since is not None else now)
+        how = "fail" if self._renew_failed else f"have had no answer for {since:.1f} s"
+        name = self.oid.name or self.oid.hex[:12]
+        if not self._lost_logged:
+            self._lost_logged = True
+            lease_log.warning(
+                "duro: %s %s lost its lease: storage is unreachable (renewals %s); refusing "
+                "its calls until a renewal gets through", self.ns.name, name, how,
+                extra=self._event("lease_lost", renewals=how))
+        err = BackendUnavailable(
+            f"{self.ns.name} {name}: this process lost its lease on the object because its "
+            f"storage is unreachable (lease renewals {how}); {what}. Another process may take "
+            f"the object over in {max(left, 0.0):.1f} s: retry then", not_run=True)
+        err.retry_after = float(max(1, math.ceil(left)))
+        return err
+
+    def _refuse_queued(self) -> None:
+        """Fail the queued calls (none started) with the lost-lease error; alarms stay."""
+        keep: deque[_Event] = deque()
+        for ev in self._queue:
+            if ev.fut is None:
+                keep.append(ev)
+            elif not ev.fut.done():
+                ev.fut.set_exception(self._lost_error())
+        self._queue = keep
+
+    async def _await_renewal(self, now: float) -> None:
+        """Renew the expired lease, waiting for the answer no longer than the grace."""
+        renewing = self._renew_soon()
+        if renewing is None:
+            return
+        since = now if self._unanswered_since is None else self._unanswered_since
+        # On the App's clock (a test's manual clock decides when the grace is over).
+        grace = asyncio.ensure_future(self.app.clock.sleep(max(0.0, since + self._renew_grace
+                                                               - now)))
+        try:
+            await asyncio.wait({renewing, grace}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            grace.cancel()
+
     def _renew_soon(self) -> asyncio.Task[None] | None:
         if self._renewing is None and self._broken is None:
             self._renewing = asyncio.ensure_future(self.renew())
         return self._renewing
 
+    def renewal_sent(self, at: float) -> None:
+        """A renewal of this lease was sent at monotonic time *at*."""
+        if self._unanswered_since is None:
+            self._unanswered_since = at
+
+    def renewal_failed(self) -> None:
+        """A renewal of this lease failed (transiently: the backend is unavailable)."""
+        self._renew_failed = True
+
     async def renew(self) -> None:
-        """Renew the lease (epoch-checked); on ``Fenced`` reset the instance."""
+        """Renew the lease (epoch-checked); if that fails (``Fenced``, or an error: the
+        outcome of the outputs it held is then unknown), reset the instance."""
         cfg, clock = self.app.config, self.app.clock
         try:
             sent = clock.monotonic()
+            self.renewal_sent(sent)
             # In the lease thread, without the input gate: renewals never wait behind commits.
             await self.app.lease_io(self.backend.renew, self.ref, self.epoch,
                                     clock.time() + cfg.lease_ttl)
@@ -401,12 +506,23 @@ class Instance:
 
     def renewed(self, sent: float | None) -> None:
         """The lease was renewed by a request sent at monotonic time *sent* (``None``: not
-        renewed): extend its validity, release the outputs that waited for it."""
+        renewed): extend its validity, release the outputs that waited for a valid lease."""
         if sent is not None:
             cfg = self.app.config
             self._lease_valid_until = max(
                 self._lease_valid_until, sent + cfg.lease_ttl - cfg.drift_margin
             )
+            self._unanswered_since = None
+            self._renew_failed = False
+            if self._lost_logged:
+                self._lost_logged = False
+                lease_log.warning("duro: %s %s renewed its lease: taking calls again",
+                                  self.ns.name, self.oid.name or self.oid.hex,
+                                  extra=self._event("lease_back"))
+            if self._queue:
+                self._wake_worker()  # alarms held while the lease was lost may run
+        if not self._lease_ok(self.app.clock.monotonic()):
+            return  # the outputs keep waiting
         waiters, self._lease_waiters = self._lease_waiters, []
         for fut, out in waiters:
             if not fut.done():

@@ -284,7 +284,8 @@ class Namespace(Generic[T]):
                     self._retired.forwarded += 1
                     return reply
                 assert inst is not None
-            if self.app.shedding and method != "__delete__":
+            # An owner that lost its lease says so (in inst.call), rather than "overloaded".
+            if self.app.shedding and method != "__delete__" and not inst.lease_lost():
                 raise Overloaded("this process is renewing its leases late; it refuses new "
                                  "calls until they catch up (the call was not started)",
                                  not_run=True)

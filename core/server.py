@@ -292,10 +292,10 @@ class Server:
             except Gone:
                 self.hub.discard(rec)
                 continue
-            except (Overloaded, ObjectReset) as exc:
+            except (Overloaded, ObjectReset, BackendUnavailable) as exc:
                 self.hub.discard(rec)
-                raise _Refused(503, exc.message,
-                               {"retry-after": str(self.options.retry_after)}) from None
+                after = self.options.retry_after if exc.retry_after is None else exc.retry_after
+                raise _Refused(503, exc.message, {"retry-after": str(int(after))}) from None
             except BaseException:
                 self.hub.discard(rec)
                 raise

@@ -27,7 +27,7 @@ class StorageLimits:
 
 
 UNSAFE_FLAGS = frozenset({"skip_lease_check", "ack_before_durable", "drop_coalesced_write",
-                          "skip_cluster_auth"})
+                          "skip_cluster_auth", "ignore_lost_lease"})
 
 
 
@@ -70,8 +70,9 @@ class AppConfig:
     """Largest request the cluster listener reads (at least the HTTP body limit plus 64 KiB)."""
     unsafe: frozenset[str] = frozenset()
     """Test-only mutations that break duro on purpose, so the consistency suite can prove it
-    catches them: ``skip_lease_check``, ``ack_before_durable``, ``drop_coalesced_write``;
-    ``skip_cluster_auth`` (the benchmark's baseline for the cost of authentication)."""
+    catches them: ``skip_lease_check``, ``ack_before_durable``, ``drop_coalesced_write``,
+    ``ignore_lost_lease`` (renew as usual, but keep serving from the cache once a lease is
+    lost); ``skip_cluster_auth`` (the benchmark's baseline for the cost of authentication)."""
 
     def __post_init__(self) -> None:
         bad = set(self.unsafe) - UNSAFE_FLAGS

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 from duro.backends.base import ObjectRef
 from duro.calls import unpack
 from duro.codec import decode, encode
-from duro.errors import DuroError, ObjectReset, Overloaded, ValueTooLarge
+from duro.errors import BackendUnavailable, DuroError, ObjectReset, Overloaded, ValueTooLarge
 from duro.instance import current_call
 from duro.signals import AppClosing, Elsewhere, Gone
 
@@ -462,6 +462,9 @@ class Hub:
                 await asyncio.sleep(0.01)
                 continue
             except ObjectReset:
+                return False
+            except BackendUnavailable:  # this process lost the lease: the object moves
+                self.close_object(rec.key, CODE_MOVED, "object moved (lease lost)")
                 return False
             try:
                 unpack(reply)
