@@ -43,7 +43,7 @@ from typing import Final
 
 from duro.backends._proxy import ProxyBackend
 from duro.backends.base import Backend, Batch, Lease, ObjectRef
-from duro.errors import BackendUnavailable, Fenced
+from duro.errors import BackendUnavailable, ConfigError, Fenced
 
 __all__ = [
     "CLUSTER_MUTANTS",
@@ -104,6 +104,10 @@ class GroupSkipFenceBackend(ProxyBackend):
         real = inner
         while isinstance(real, ProxyBackend):
             real = real.inner
+        if not real.group_commit:
+            raise ConfigError(
+                f"the group-skip-fence mutant breaks group commit, but {real.url.scheme}:// "
+                "commits each object alone (no shared transaction): it does not apply here")
         real._mutant_group_skip_fence = True
 
 
